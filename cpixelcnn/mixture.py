@@ -23,6 +23,7 @@ def check_images(x, # images to check
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"{name} must have shape (B, C, H, W) with C in {{1, 3}}, got {tuple(x.shape)}")
     if not torch.isfinite(x).all(): raise ValueError(f"{name} contain NaN or infinite values")
+    if not x.numel(): return x
     lo, hi = x.min().item(), x.max().item()
     if lo < -1 - 1e-4 or hi > 1 + 1e-4:
         raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; rescale 0..255 pixels with x / 127.5 - 1")
