@@ -10,8 +10,6 @@ __all__ = ['check_classes', 'expand_state', 'plus_classes', 'per_image_plus', 'g
 
 # %% ../nbs/08_classification.ipynb #825e5f60
 import math
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet, batches
+from .data import ImageSet, atomic_write, batches
 from .layers import concat_elu
 from .metrics import accuracy, confusion_matrix, expected_calibration_error, macro_f1
 from .mixture import bits_per_dim, check_images, dmol_log_prob
@@ -300,20 +298,6 @@ def classify_dataset(model, # a ConditionalPixelCNN
     return df, dataset_metrics(ll, logp, ds.y, ds.x[0].numel(), log_prior)
 
 # %% ../nbs/08_classification.ipynb #fe79d9fe
-def _atomic_write_bytes(path, data:bytes):
-    "Write `data` to `path` via a temporary file in the same folder and os.replace"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 def write_predictions_csv(paths, # image paths as the input CSV gives them, e.g. 'test/0000021.jpg'
                           preds, # predicted labels (N,): integers in [0, K)
                           path # the CSV file to write (folders are created)
@@ -327,4 +311,5 @@ def write_predictions_csv(paths, # image paths as the input CSV gives them, e.g.
     if len(preds) and preds.min() < 0: raise ValueError(f"predicted labels must be class indices >= 0, got {preds.min().item()}")
     bad = [p for p in paths if not isinstance(p, str) or not p.strip() or '\n' in p or '\r' in p]
     if bad: raise ValueError(f"paths must be non-empty one-line strings, got {bad[:3]!r}")
-    return _atomic_write_bytes(path, ''.join(f'{p},{k}\r\n' for p, k in zip(paths, preds.tolist())).encode('utf-8'))
+    text = ''.join(f'{p},{k}\r\n' for p, k in zip(paths, preds.tolist()))
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(text.encode('utf-8')))

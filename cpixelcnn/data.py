@@ -5,11 +5,13 @@
 # %% auto #0
 __all__ = ['CPEN455_CLASSES', 'SHAPES_CLASSES', 'TORCHVISION_DATASETS', 'DATASET_NAMES', 'to_model_range', 'to_uint8', 'ImageSet',
            'shared_data_dir', 'folder_classes', 'read_split_csv', 'decode_image', 'load_csv_split', 'train_val_split',
-           'batches', 'grey_level', 'augment', 'builtin_dataset', 'resize_uint8', 'select_classes',
+           'batches', 'grey_level', 'augment', 'atomic_write', 'builtin_dataset', 'resize_uint8', 'select_classes',
            'torchvision_dataset', 'get_dataset']
 
 # %% ../nbs/05_data.ipynb #e63c887f
 import math
+import os
+import tempfile
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +223,25 @@ def augment(x, # float images (B, C, H, W) in [-1, 1], C in {1, 3}
         if C == 3: u = (grey_level(u) + s * (u - grey_level(u))).clamp(0, 1)   # saturation
         x = u * 2 - 1
     return to_model_range(to_uint8(x))
+
+# %% ../nbs/05_data.ipynb #fd5286ba
+def atomic_write(path, # the file to (over)write; missing folders are created
+                 write # write(tmp_path) writes the contents to a temporary path with the same extension
+                ):
+    "Write a file via a temporary file in the same folder and os.replace, so it is never seen half-written; returns its Path"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0o022); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)                                  # mkstemp's private 0600 -> the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 # %% ../nbs/05_data.ipynb #a0363e7f
 SHAPES_CLASSES = ['disc', 'square', 'stripes', 'cross']   # labels 0..3 of builtin_dataset

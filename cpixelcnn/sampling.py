@@ -9,8 +9,6 @@ __all__ = ['FORM_WIDTH', 'FORMS', 'SAMPLERS', 'image_hw', 'eval_mode', 'sampling
            'benchmark_sampling']
 
 # %% ../nbs/07_sampling.ipynb #5a971172
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from .masks import *
 from .mixture import dmol_noise, dmol_sample, n_params_per_mix, check_images
 from .model import ConditionalPixelCNN
+from .data import atomic_write
 
 # %% ../nbs/07_sampling.ipynb #34654878
 def image_hw(image_size # an int (square images) or an (H, W) pair
@@ -442,21 +441,10 @@ def save_sample_grid(x:torch.Tensor, # images (N, C, H, W) in [-1, 1]
     "Write the samples as one image, a row per class, atomically; returns the path"
     path = Path(path)
     grid, _ = sample_grid(x, y, classes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix=path.suffix)
-    os.close(fd)
-    try:
-        from torchvision.utils import save_image
-        save_image(grid, tmp)
-        umask = os.umask(0); os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                                       # mkstemp makes it private: give it the usual mode
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, (ValueError, KeyError)): raise ValueError(f"cannot write an image to {path}: use an extension PIL knows, such as .png ({err})") from err
-        raise
-    return path
-
+    from torchvision.utils import save_image   # imported here: torchvision is slow to import
+    try: return atomic_write(path, lambda tmp: save_image(grid, tmp))
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"cannot write an image to {path}: use an extension PIL knows, such as .png ({err})") from err
 def show_samples(x:torch.Tensor, # images (N, C, H, W) in [-1, 1]
                  y:torch.Tensor, # labels (N,)
                  class_names=None, # name of each label, for the row titles
