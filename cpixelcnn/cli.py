@@ -126,7 +126,7 @@ def classify_main(argv=None # arguments (default: sys.argv[1:])
     except (FileNotFoundError, ValueError, RuntimeError) as e: _fail(e, prog)
     try: df, m = classify_dataset(model, ds, args.batch_size, model.log_prior if args.prior == 'train' else None, args.tta_flip)
     except ValueError as e: _fail(e, prog)
-    path = write_predictions_csv(ds.paths, torch.as_tensor(df.pred.values), args.out)
+    path = write_predictions_csv(ds.paths, torch.tensor(df.pred.to_numpy()), args.out)
     if 'accuracy' in m: print(f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n_labelled']} labelled images")
     print(f"{len(df)} predictions -> {path}")
     return df, m
