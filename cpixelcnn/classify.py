@@ -25,6 +25,7 @@ from .layers import concat_elu
 from .metrics import accuracy, confusion_matrix, expected_calibration_error, macro_f1
 from .mixture import bits_per_dim, check_images, dmol_log_prob
 from .model import ConditionalPixelCNN
+from .sampling import sync_device
 
 # %% ../nbs/08_classification.ipynb #0135c200
 def check_classes(classes, # class indices to score (a list or a 1-d integer tensor), or None for all
@@ -150,10 +151,6 @@ def class_log_likelihoods(model, # a ConditionalPixelCNN
     return torch.cat(lls)
 
 # %% ../nbs/08_classification.ipynb #1c60118b
-def _sync(device):
-    "Wait for queued GPU work, so that timings measure it"
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-
 def benchmark_classification(model_or_config=None, # a ConditionalPixelCNN, or a dict of its arguments; None: the 1/40/5 middle-fusion model
                              K:int=4, # classes scored per image (the first K of the model's)
                              B:int=16, # images per batch
@@ -186,8 +183,8 @@ def benchmark_classification(model_or_config=None, # a ConditionalPixelCNN, or a
         out = {k: f() for k, f in paths.items()}                          # warm-up, and the agreement check
         for r in range(repeats):
             for k in names[r % len(names):] + names[:r % len(names)]:
-                _sync(device); t0 = time.perf_counter()
-                paths[k](); _sync(device)
+                sync_device(device); t0 = time.perf_counter()
+                paths[k](); sync_device(device)
                 times[k].append(time.perf_counter() - t0)
     t = {k: median(v) for k, v in times.items()}
     return dict(fusion=model.fusion, K=K, B=B, image_size=image_size, repeats=repeats, threads=torch.get_num_threads(), device=str(device),

@@ -6,7 +6,7 @@
 __all__ = ['FORM_WIDTH', 'FORMS', 'SAMPLERS', 'image_hw', 'eval_mode', 'sampling_noise', 'sample_naive', 'conv_index',
            'conv_weight', 'Node', 'Term', 'Op', 'Plan', 'gated_block', 'build_plan', 'schedule', 'load_weights',
            'alloc', 'run_op', 'run_plan', 'sample_cached', 'sample', 'sample_grid', 'save_sample_grid', 'show_samples',
-           'benchmark_sampling']
+           'sync_device', 'benchmark_sampling']
 
 # %% ../nbs/07_sampling.ipynb #5a971172
 import time
@@ -463,8 +463,8 @@ def show_samples(x:torch.Tensor, # images (N, C, H, W) in [-1, 1]
     return ax
 
 # %% ../nbs/07_sampling.ipynb #cdd36f3a
-def _sync(device):
-    "Wait for the GPU, so that timings include its work"
+def sync_device(device):
+    "Wait for queued GPU work on `device`, so that timings include it (no-op on the CPU)"
     if device.type == 'cuda': torch.cuda.synchronize(device)
 
 def benchmark_sampling(model:ConditionalPixelCNN=None, # the network; None: a 1/40/5 model with middle fusion, 4 classes
@@ -482,13 +482,13 @@ def benchmark_sampling(model:ConditionalPixelCNN=None, # the network; None: a 1/
     y = torch.arange(n_images, device=dev) % model.n_classes
     noise = sampling_noise(model, n_images, (H, W), torch.Generator(dev).manual_seed(seed))
     with eval_mode(model): model(torch.zeros(n_images, model.in_channels, H, W, device=dev, dtype=noise.dtype), y)   # warm-up
-    _sync(dev); t0 = time.perf_counter()
+    sync_device(dev); t0 = time.perf_counter()
     plan = build_plan(model, (H, W)); schedule(plan, dev)
     t1 = time.perf_counter()
     xc = sample_cached(model, y, (H, W), noise, plan=plan)
-    _sync(dev); t2 = time.perf_counter()
+    sync_device(dev); t2 = time.perf_counter()
     xn = sample_naive(model, y, (H, W), noise, n_pixels=n_pix)
-    _sync(dev); t3 = time.perf_counter()
+    sync_device(dev); t3 = time.perf_counter()
     naive_s, cached_s = t3 - t2, t2 - t0
     return dict(image_size=(H, W), n_images=n_images, device=str(dev), threads=torch.get_num_threads(),
                 naive_pixels=n_pix, naive_s=naive_s, naive_s_extrapolated=naive_s * H * W / n_pix,

@@ -9,7 +9,7 @@ __all__ = ['SCHEDULES', 'CHECKPOINT_FORMAT', 'RESUMABLE_FIELDS', 'bpd_loss', 'Tr
            'Trainer', 'default_run_dir', 'train', 'load_model']
 
 # %% ../nbs/06_training.ipynb #f089e79c
-import itertools, json, math, os, random, signal, tempfile, threading, time
+import itertools, json, math, os, random, signal, threading, time
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import asdict, dataclass, fields
