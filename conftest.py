@@ -1,27 +1,68 @@
-"""pytest runs every notebook in `nbs/` as one test, exactly as `nbdev_test` does (same flags, same working directory)."""
-import os
+"""pytest runs every notebook in `nbs/` top to bottom in a real Jupyter kernel (nbclient), one test per notebook, skipping
+the cells `nbdev_test` skips (`#| eval: false`, and the flags in settings.ini's tst_flags); and one test builds the docs'
+notebooks the way the docs site does (`nbdev_proc_nbs`)."""
+import os, re, subprocess, sys
 from pathlib import Path
 import pytest
+
+ROOT = Path(__file__).parent
 
 def pytest_collect_file(parent, file_path):
     if file_path.suffix == '.ipynb' and not file_path.name.startswith('_') and '.ipynb_checkpoints' not in file_path.parts:
         return NotebookFile.from_parent(parent, path=file_path)
+    if file_path.name == '_quarto.yml': return DocsFile.from_parent(parent, path=file_path)
+
+class NotebookError(Exception): pass
+
+def leading_directives(source):
+    "The nbdev directives ('#| ...' lines) at the top of a cell, as {name: value}"
+    out = {}
+    for line in source.splitlines():
+        if not line.strip(): continue
+        m = re.match(r'#\|\s*([\w-]+):?\s*(.*)', line)
+        if not m: break
+        out[m[1]] = m[2].strip()
+    return out
+
+def skipped(cell, flags):
+    "Whether nbdev_test would skip this cell: not code, eval: false, or a skip flag"
+    if cell.cell_type != 'code': return True
+    d = leading_directives(cell.source)
+    return d.get('eval', '').lower() == 'false' or bool(flags & d.keys())
 
 class NotebookFile(pytest.File):
     def collect(self): yield NotebookItem.from_parent(self, name=self.path.stem)
 
-class NotebookError(Exception): pass
-
 class NotebookItem(pytest.Item):
     def runtest(self):
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError
         from nbdev.config import get_config
-        from nbdev.test import test_nb
+        flags = set(get_config().tst_flags.split()) - set(os.environ.get('CPIXELCNN_TEST_FLAGS', '').split())  # e.g. CPIXELCNN_TEST_FLAGS=slow runs the slow cells
+        nb = nbformat.read(self.path, as_version=4)
+        nb.cells = [c for c in nb.cells if not skipped(c, flags)]
         if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
-            import torch; torch.set_num_threads(1)  # one core per worker: workers must not fight over the cores
-        skip = get_config().tst_flags.split()
-        force = os.environ.get('CPIXELCNN_TEST_FLAGS', '').split()  # e.g. CPIXELCNN_TEST_FLAGS=slow runs the slow cells too
-        ok, _ = test_nb(self.path, skip_flags=skip, force_flags=force, showerr=True)
-        if not ok: raise NotebookError(f'{self.path.name} failed: the traceback is in the captured stderr below')
+            os.environ['OMP_NUM_THREADS'] = '1'   # one core per worker's kernel: workers must not fight over the cores
+        os.environ['IN_TEST'] = '1'
+        client = NotebookClient(nb, timeout=3600, kernel_name='python3', resources={'metadata': {'path': str(self.path.parent)}},
+                              extra_arguments=['--InteractiveShell.colors=nocolor'])
+        try: client.execute()
+        except CellExecutionError as e: raise NotebookError(f'{self.path.name} failed:\n{e}') from None
     def repr_failure(self, excinfo):
         return str(excinfo.value) if excinfo.errisinstance(NotebookError) else super().repr_failure(excinfo)
     def reportinfo(self): return self.path, 0, f'notebook {self.path.name}'
+
+class DocsFile(pytest.File):
+    def collect(self): yield DocsItem.from_parent(self, name='nbdev_proc_nbs')
+
+class DocsItem(pytest.Item):
+    def runtest(self):
+        r = subprocess.run([Path(sys.executable).parent / 'nbdev_proc_nbs'], cwd=ROOT, capture_output=True, text=True)
+        if r.returncode or 'Traceback' in r.stderr:
+            raise NotebookError(f'nbdev_proc_nbs failed (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
+        missing = [p.name for p in (ROOT / 'nbs').glob('[0-9]*.ipynb') if not (ROOT / '_proc' / p.name).exists()]
+        if missing: raise NotebookError(f'nbdev_proc_nbs did not write {missing} to _proc/')
+    def repr_failure(self, excinfo):
+        return str(excinfo.value) if excinfo.errisinstance(NotebookError) else super().repr_failure(excinfo)
+    def reportinfo(self): return self.path, 0, 'docs: nbdev_proc_nbs'

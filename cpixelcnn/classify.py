@@ -6,7 +6,7 @@
 __all__ = ['check_classes', 'expand_state', 'plus_classes', 'per_image_plus', 'gated_shared_skip', 'split_skip',
            'middle_class_params', 'class_params', 'scoring_mode', 'class_log_likelihoods', 'benchmark_classification',
            'log_prior', 'posterior', 'flip_log_likelihoods', 'predict', 'dataset_metrics', 'classify_dataset',
-           'write_predictions_csv']
+           'write_predictions_csv', 'AllClassParams', 'hybrid_loss']
 
 # %% ../nbs/08_classification.ipynb #825e5f60
 import math
@@ -310,3 +310,36 @@ def write_predictions_csv(paths, # image paths as the input CSV gives them, e.g.
     if bad: raise ValueError(f"paths must be non-empty one-line strings, got {bad[:3]!r}")
     text = ''.join(f'{p},{k}\r\n' for p, k in zip(paths, preds.tolist()))
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(text.encode('utf-8')))
+
+# %% ../nbs/08_classification.ipynb #c1f3b296
+class AllClassParams(torch.nn.Module):
+    "A module whose `forward(x)` gives `class_params` for all classes (B*K, n*M, H, W): what DDP or torch.compile wraps for the hybrid"
+    def __init__(self, model # a ConditionalPixelCNN
+                ):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        "Mixture parameters (B*K, n*M, H, W) of images x (B, C, H, W) under every class, image-major"
+        self.model.check_input(x)
+        return class_params(self.model, x, torch.arange(self.model.n_classes, device=x.device))
+
+# %% ../nbs/08_classification.ipynb #a9e36038
+def hybrid_loss(net, # an `AllClassParams` (or its DDP / compiled wrapper)
+                x, # images (B, C, H, W) in [-1, 1]
+                y, # labels (B,)
+                log_prior, # log p(k) (K,), e.g. `log_prior(train_labels, K)`
+                ce_weight:float=1., # lambda: the weight of the cross-entropy term (0: plain bits/dim)
+                temperature:float=1., # T of the posterior softmax((log p(x|k) + log p(k)) / T)
+                amp:bool=False # bfloat16 autocast for the network (the likelihood stays float32)
+               ):
+    "The hybrid objective: (bits/dim under the true labels + ce_weight * cross-entropy of the posterior, bits/dim, cross-entropy)"
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
+        params = net(x)                                                  # (B*K, n*M, H, W), image-major
+    B, K = len(x), len(params) // len(x)
+    if y.shape != (B,) or y.dtype.is_floating_point or (B and (y.min() < 0 or y.max() >= K)):
+        raise ValueError(f"labels must be {B} integers in [0, {K}), got {y.dtype} {tuple(y.shape)}")
+    ll = dmol_log_prob(x.repeat_interleave(K, 0), params.float()).view(B, K)    # log p(x | k) in nats
+    bpd = bits_per_dim(ll.gather(1, y[:, None])[:, 0], x[0].numel()).mean()
+    ce = F.cross_entropy((ll + log_prior) / temperature, y)
+    return bpd + ce_weight * ce, bpd, ce

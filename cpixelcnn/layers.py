@@ -51,6 +51,7 @@ class GatedResnet(nn.Module):
             if cond == 'film': nn.init.zeros_(self.proj.weight); nn.init.zeros_(self.proj.bias)
 
     def forward(self, x, a=None, h=None):
+        "x + gated update of x, given the skip input `a` (or None) and the conditioning vector `h` (B, cond_dim) (or None)"
         c = self.conv_in(concat_elu(x))                                   # (B, nf, H, W)
         if a is not None: c = c + self.nin_skip(concat_elu(a))
         c = self.conv_out(self.dropout(concat_elu(c)))                    # (B, 2nf, H, W)

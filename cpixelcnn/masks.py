@@ -33,7 +33,9 @@ class MaskedConv2d(nn.Conv2d):
     def __init__(self, ni:int, nf:int, k:int=3, mask_type:str='A'):
         super().__init__(ni, nf, k, padding=k // 2)
         self.register_buffer('mask', conv_mask(k, mask_type))
-    def forward(self, x): return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+    def forward(self, x):
+        "The convolution with the masked weights"
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
 # %% ../nbs/00_masks.ipynb #bf054e5d
 def dependence(f, # function of images (B, C, H, W) returning maps (B, C', H, W)
@@ -64,6 +66,7 @@ class DownShiftedConv2d(nn.Module):
         self.conv = nn.Conv2d(ni, nf, filter_size, stride)
         self.shift_output_down = shift_output_down
     def forward(self, x):
+        "Pad above and on both sides, convolve (the output keeps H x W), and shift down if asked"
         x = self.conv(F.pad(x, self.pad))
         return down_shift(x) if self.shift_output_down else x
 
@@ -76,6 +79,7 @@ class DownRightShiftedConv2d(nn.Module):
         self.conv = nn.Conv2d(ni, nf, filter_size, stride)
         self.shift_output_right = shift_output_right
     def forward(self, x):
+        "Pad above and on the left, convolve (the output keeps H x W), and shift right if asked"
         x = self.conv(F.pad(x, self.pad))
         return right_shift(x) if self.shift_output_right else x
 
@@ -87,6 +91,7 @@ class DownShiftedConvTranspose2d(nn.Module):
         self.fh, self.fw = filter_size
         self.conv = nn.ConvTranspose2d(ni, nf, filter_size, stride, output_padding=1)
     def forward(self, x):
+        "Upsample (B, ni, H, W) to (B, nf, 2H, 2W), cropping the rows and columns that would look ahead"
         x = self.conv(x)
         H, W = x.shape[-2:]
         return x[:, :, :H - self.fh + 1, self.fw // 2:W - self.fw // 2]
@@ -98,6 +103,7 @@ class DownRightShiftedConvTranspose2d(nn.Module):
         self.fh, self.fw = filter_size
         self.conv = nn.ConvTranspose2d(ni, nf, filter_size, stride, output_padding=1)
     def forward(self, x):
+        "Upsample (B, ni, H, W) to (B, nf, 2H, 2W), cropping the rows and columns that would look ahead"
         x = self.conv(x)
         H, W = x.shape[-2:]
         return x[:, :, :H - self.fh + 1, :W - self.fw + 1]

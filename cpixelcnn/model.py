@@ -67,6 +67,7 @@ class ConditionalPixelCNN(PixelCNNpp):
         return self.head(self.down(*self.up(*self.stem(state), h=e), h=e))
 
     def forward(self, x, y):
+        "Mixture parameters (B, n*M, H, W) of images x (B, C, H, W) in [-1, 1] given integer labels y (B,)"
         self.check_input(x)
         self.check_labels(y, x.shape[0])
         return self.suffix(self.prefix(x), y)

@@ -26,6 +26,7 @@ class UpLayer(nn.Module):
         self.u_stream = nn.ModuleList([GatedResnet(nf, DownShiftedConv2d, 0, dropout, cond_dim, cond) for _ in range(nr_resnet)])
         self.ul_stream = nn.ModuleList([GatedResnet(nf, DownRightShiftedConv2d, 1, dropout, cond_dim, cond) for _ in range(nr_resnet)])
     def forward(self, u, ul, h=None):
+        "Run the blocks on both streams; returns the lists of every block's outputs (the skip inputs of the down pass)"
         us, uls = [], []
         for block_u, block_ul in zip(self.u_stream, self.ul_stream):
             u = block_u(u, h=h)
@@ -111,5 +112,6 @@ class PixelCNNpp(nn.Module):
         return self.nin_out(F.elu(ul))
 
     def forward(self, x, h=None):
+        "Mixture parameters (B, n*M, H, W) of images x (B, C, H, W) in [-1, 1], optionally conditioned on h (B, cond_dim)"
         self.check_input(x)
         return self.head(self.down(*self.up(*self.stem(x), h), h))

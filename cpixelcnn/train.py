@@ -63,6 +63,9 @@ class TrainConfig:
     nr_logistic_mix: int = 5 # mixture components M
     fusion: str = 'middle' # where the label enters: one of FUSIONS
     dropout: float = 0.0 # dropout inside the gated blocks (PixelCNN++: 0.5, for long runs)
+    # objective
+    ce_weight: float = 0.0 # hybrid objective: bits/dim + ce_weight * cross-entropy of the model's own class posterior (0: plain likelihood)
+    ce_temperature: float = 1.0 # temperature T of that posterior, softmax((log p(x|k) + log p(k)) / T)
     # optimization
     batch_size: int = 32 # global batch: split over DDP ranks
     lr: float = 2e-3 # peak learning rate of AdamW
@@ -109,6 +112,8 @@ class TrainConfig:
         need(self.lr > 0 and self.weight_decay >= 0 and self.grad_clip >= 0,
              f"lr must be > 0, weight_decay and grad_clip >= 0, got {self.lr}, {self.weight_decay}, {self.grad_clip}")
         need(0 < self.lr_decay <= 1, f"lr_decay must lie in (0, 1], got {self.lr_decay}")
+        need(self.ce_weight >= 0 and math.isfinite(self.ce_weight), f"ce_weight must be a finite number >= 0 (0: plain likelihood), got {self.ce_weight}")
+        need(self.ce_temperature > 0 and math.isfinite(self.ce_temperature), f"ce_temperature must be a finite number > 0, got {self.ce_temperature}")
         need(self.minutes is None or self.minutes > 0, f"minutes must be > 0 or None, got {self.minutes}")
         need(any(v is not None for v in (self.epochs, self.max_steps, self.minutes)),
              "epochs, max_steps and minutes are all None: set at least one, or training never ends")
@@ -201,7 +206,7 @@ class EMA:
         self.model.load_state_dict(sd['model']); self.n_updates = sd['n_updates']
 
 # %% ../nbs/06_training.ipynb #72b6a16b
-from .classify import class_log_likelihoods
+from .classify import AllClassParams, class_log_likelihoods, hybrid_loss
 
 # %% ../nbs/06_training.ipynb #9b15a71e
 @torch.no_grad()
@@ -379,10 +384,10 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(cfg.seed)               # batch order
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 1)            # augmentation draws
         self.epoch, self.step, self.pos, self.seconds, self.metrics, self.last_eval_step = 0, 0, 0, 0., [], -1
-        self.epoch_gen_state, self.loss, self.grad_norm, self.stop = self.data_gen.get_state(), float('nan'), float('nan'), False
+        self.epoch_gen_state, self.loss, self.ce, self.grad_norm, self.stop = self.data_gen.get_state(), float('nan'), float('nan'), float('nan'), False
         if ckpt is not None: self._restore(ckpt)
         self.snapshot = rng_state(self.data_gen, self.aug_gen)                # the random states at the last step boundary
-        net = self.model
+        net = AllClassParams(self.model) if cfg.ce_weight else self.model   # the hybrid scores every class on the shared path
         if self.world > 1: net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.net = torch.compile(net) if cfg.compile else net
         if self.rank == 0:
@@ -434,19 +439,21 @@ class Trainer:
 
     def _reset_window(self):
         "Start a new window for the train_bpd and images_per_s of the next metrics row"
-        self.win_loss, self.win_steps, self.win_images, self.win_time = 0., 0, 0, 0.
+        self.win_loss, self.win_ce, self.win_steps, self.win_images, self.win_time = 0., 0., 0, 0, 0.
 
     def train_step(self, x, # the global batch of images (batch_size, C, H, W) in [-1, 1]
                    y # its labels (batch_size,)
                   ):
-        "One optimizer step on the global batch (x, y), this rank taking its slice; returns the mean loss over ranks"
+        "One optimizer step on the global batch (x, y), this rank taking its slice; returns its bits/dim (mean over ranks)"
         cfg, t = self.cfg, time.perf_counter()
         if cfg.augment: x = augment(x, generator=self.aug_gen)              # the whole global batch: same draws on all ranks
         b = len(x) // self.world
         x, y = x[self.rank * b:(self.rank + 1) * b], y[self.rank * b:(self.rank + 1) * b]
         if cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        loss = bpd_loss(self.net, x, y, self.amp)
+        if cfg.ce_weight:
+            loss, bpd, ce = hybrid_loss(self.net, x, y, self.log_prior.to(x.device), cfg.ce_weight, cfg.ce_temperature, self.amp)
+        else: loss = bpd = bpd_loss(self.net, x, y, self.amp); ce = torch.full_like(loss, float('nan'))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step {self.step + 1}: lower lr, or check the data")
         self.opt.zero_grad(set_to_none=True)
@@ -457,10 +464,10 @@ class Trainer:
             if self.ema is not None: self.ema.update(self.model)
             self.step, self.pos = self.step + 1, self.pos + 1
             self.snapshot = rng_state(self.data_gen, self.aug_gen)
-        stats = torch.stack([loss.detach().float(), torch.tensor(float(self.rank == 0 and self._budget_spent()), device=loss.device)])
+        stats = torch.stack([bpd.detach().float(), ce.detach().float(), torch.tensor(float(self.rank == 0 and self._budget_spent()), device=loss.device)])
         if self.world > 1: dist.all_reduce(stats)                         # mean loss over ranks; rank 0 decides to stop
-        self.loss, self.stop = stats[0].item() / self.world, stats[1].item() > 0
-        self.win_loss, self.win_steps = self.win_loss + self.loss, self.win_steps + 1
+        self.loss, self.ce, self.stop = stats[0].item() / self.world, stats[1].item() / self.world, stats[2].item() > 0
+        self.win_loss, self.win_ce, self.win_steps = self.win_loss + self.loss, self.win_ce + self.ce, self.win_steps + 1
         self.win_images, self.win_time = self.win_images + b * self.world, self.win_time + time.perf_counter() - t
         return self.loss
 
@@ -494,12 +501,14 @@ class Trainer:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
                 m = evaluate(self.eval_model, self.val_set, self.log_prior, batch_size=2 * self.cfg.batch_size)
             row = dict(epoch=round(self.epoch + self.pos / self.steps_per_epoch, 4), step=self.step, seconds=round(self.elapsed(), 1),
-                       train_bpd=self.win_loss / self.win_steps if self.win_steps else float('nan'), **m,
+                       train_bpd=self.win_loss / self.win_steps if self.win_steps else float('nan'),
+                       **({'train_ce': self.win_ce / self.win_steps if self.win_steps else float('nan')} if self.cfg.ce_weight else {}), **m,
                        lr=self.sched.get_last_lr()[0], images_per_s=self.win_images / self.win_time if self.win_time else float('nan'))
             self.metrics.append(row)
             atomic_write(self.out / 'metrics.csv', lambda p: pd.DataFrame(self.metrics).to_csv(p, index=False))
             plot_curves(self.metrics, self.out / 'curves.png', self.train_set.n_classes)
-            self.log(f"epoch {row['epoch']:g} step {row['step']}: train {row['train_bpd']:.3f} bpd, val {row['val_bpd']:.3f} bpd, "
+            ce = f", train CE {row['train_ce']:.3f}" if self.cfg.ce_weight else ''
+            self.log(f"epoch {row['epoch']:g} step {row['step']}: train {row['train_bpd']:.3f} bpd{ce}, val {row['val_bpd']:.3f} bpd, "
                      f"val accuracy {row['val_accuracy']:.3f}, {row['images_per_s']:.0f} images/s, {row['seconds']:.0f} s")
         self._reset_window()
         self.save_checkpoint()
