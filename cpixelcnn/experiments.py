@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .classify import class_log_likelihoods, posterior
 from .data import atomic_write, augment, batches, shared_data_dir
+from .mixture import bits_per_dim
 from .metrics import accuracy, confusion_matrix, expected_calibration_error, fit_temperature
 from .train import TrainConfig, load_data, train
 
@@ -122,7 +123,7 @@ def analyse_generative(model, # a trained ConditionalPixelCNN
     y, lp = val_set.y, torch.as_tensor(log_prior).float()
     cal, probs = cross_fitted_calibration(ll + lp, y)
     table = per_image_table(y, ll + lp, probs, (ll + ll_flip) / 2 + lp, ll=ll)
-    bpd = -ll.gather(1, y[:, None]).mean().item() / (val_set.x[0].numel() * math.log(2))
+    bpd = bits_per_dim(ll.gather(1, y[:, None])[:, 0], val_set.x[0].numel()).mean().item()
     return dict(val_bpd=bpd, accuracy=accuracy(ll + lp, y), accuracy_flip=accuracy((ll + ll_flip) / 2 + lp, y), **cal), table
 
 def analyse_cnn(model, # a trained `SmallCNN`
