@@ -42,22 +42,41 @@ def throughput(model:ConditionalPixelCNN, # the network
                batch_size:int=32, # images per step
                image_size:int=32, # side of the square random images
                train:bool=True, # a training step (forward, backward, AdamW) or an evaluation pass
-               repeats:int=5 # timed steps; the median counts
+               repeats:int=5, # timed steps; the medians count
+               compile:bool=False # also time, alternately, the compiled loss (training) or frozen scoring function (evaluation)
               ):
-    "Images/s and achieved GFLOP/s of training steps (or evaluation passes) on random images"
+    "Images/s, achieved GFLOP/s and roofline fraction (over the matmul rate measured before each step) of training steps or evaluation passes"
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch_size, model.in_channels, image_size, image_size), generator=g) / 127.5 - 1
     y = torch.randint(0, model.n_classes, (batch_size,), generator=g)
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
-    def step():
-        loss = -dmol_log_prob(x, model(x, y)).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
-    def evaluate():
-        with torch.no_grad(): dmol_log_prob(x, model(x, y))
-    f = step if train else evaluate
+    def loss(x, y): return -dmol_log_prob(x, model(x, y)).mean()
+    def score(x, y): return dmol_log_prob(x, model(x, y))
+    def runner(loss, score):
+        def step():
+            l = loss(x, y); opt.zero_grad(); l.backward(); opt.step()
+        def evaluate():
+            with torch.no_grad(): score(x, y)
+        return step if train else evaluate
     model.train(train)
-    n_flops, s = flops(f), _timed(f, repeats)
-    return dict(images_per_s=batch_size / s, gflops=n_flops / s / 1e9, gflop_per_image=n_flops / batch_size / 1e9)
+    paths = {'': runner(loss, score)}
+    n_flops = flops(paths[''])
+    if compile: paths['compiled_'] = runner(torch.compile(loss), torch.compile(score, options={'freezing': True}))
+    first = {}
+    for k, f in paths.items(): t0 = time.perf_counter(); f(); first[k] = time.perf_counter() - t0      # warm-up (and compilation)
+    times, ratios = {k: [] for k in paths}, {k: [] for k in paths}
+    for _ in range(repeats):
+        mm = matmul_gflops(repeats=3)
+        for k, f in paths.items():
+            t0 = time.perf_counter(); f(); s = time.perf_counter() - t0
+            times[k].append(s); ratios[k].append(n_flops / s / 1e9 / mm)
+    r = dict(gflop_per_image=n_flops / batch_size / 1e9)
+    for k in paths:
+        s = median(times[k])
+        r.update({f'{k}images_per_s': batch_size / s, f'{k}gflops': n_flops / s / 1e9, f'{k}roofline': median(ratios[k])})
+    if compile: r.update(compile_s=first['compiled_'] - median(times['compiled_']),
+                         compile_speedup=median(a / b for a, b in zip(times[''], times['compiled_'])))
+    return r
 
 # %% ../nbs/12_bench.ipynb #aa14c8dc
 def peak_rss_mib():
@@ -70,6 +89,7 @@ def run(quick:bool=False, # fewer repeats, naive sampler timed on one row and ex
         image_size:int=32, # side of the square images
         batch_size:int=32, # images per training step
         fusions=FUSIONS, # fusion modes for the classification figures
+        compile:bool=False, # also measure the compiled training step and the frozen compiled evaluation
         out=print # where the `name: value` lines go
        ):
     "Measure and report every figure; returns them as a dict"
@@ -79,11 +99,11 @@ def run(quick:bool=False, # fewer repeats, naive sampler timed on one row and ex
     put('threads', r['threads'])
     reps = 3 if quick else 10
     put('matmul_gflops', matmul_gflops(repeats=reps))
-    model = ConditionalPixelCNN(nr_resnet, nr_filters, nr_logistic_mix, n_classes=4, fusion='middle')
     for name, train in (('train', True), ('eval', False)):
-        t = throughput(model, batch_size, image_size, train=train, repeats=reps)
-        put(f'{name}_images_per_s', t['images_per_s']); put(f'{name}_gflops', t['gflops'])
-        put(f'{name}_roofline', t['gflops'] / r['matmul_gflops'])
+        model = ConditionalPixelCNN(nr_resnet, nr_filters, nr_logistic_mix, n_classes=4, fusion='middle')
+        t = throughput(model, batch_size, image_size, train=train, repeats=reps, compile=compile)
+        for k in ('images_per_s', 'gflops', 'roofline') + (('compiled_images_per_s', 'compiled_roofline', 'compile_s', 'compile_speedup') if compile else ()):
+            put(f'{name}_{k}', t[k])
     cfg = dict(nr_resnet=nr_resnet, nr_filters=nr_filters, nr_logistic_mix=nr_logistic_mix)
     for f in fusions:
         c = benchmark_classification({**cfg, 'fusion': f}, K=4, B=16, image_size=image_size, repeats=reps)
@@ -98,12 +118,13 @@ def run(quick:bool=False, # fewer repeats, naive sampler timed on one row and ex
 # %% ../nbs/12_bench.ipynb #364f1130
 def main(argv=None # arguments (default: sys.argv[1:])
         ):
-    "python -m cpixelcnn.bench [--quick] [--threads N]: print the benchmark's name: value lines"
+    "python -m cpixelcnn.bench [--quick] [--compile] [--threads N]: print the benchmark's name: value lines"
     p = argparse.ArgumentParser(prog='python -m cpixelcnn.bench', description="Measure cpixelcnn's speeds as ratios in one run.")
     p.add_argument('--quick', action='store_true', help="fewer repeats, naive sampler extrapolated from one row (about 2 minutes on 2 cores)")
+    p.add_argument('--compile', action='store_true', help="also the torch.compile'd training step and frozen evaluation (compiling adds minutes)")
     p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
-    return run(quick=args.quick)
+    return run(quick=args.quick, compile=args.compile)
 
 if __name__ == '__main__' and '__file__' in globals(): main()   # `python -m cpixelcnn.bench`, not a notebook kernel

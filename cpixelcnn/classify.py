@@ -5,13 +5,14 @@
 # %% auto #0
 __all__ = ['check_classes', 'expand_state', 'plus_classes', 'per_image_plus', 'gated_shared_skip', 'split_skip',
            'middle_class_params', 'class_params', 'scoring_mode', 'class_log_likelihoods', 'benchmark_classification',
-           'log_prior', 'posterior', 'flip_log_likelihoods', 'predict', 'dataset_metrics', 'classify_dataset',
-           'write_predictions_csv', 'AllClassParams', 'hybrid_loss']
+           'log_prior', 'posterior', 'flip_log_likelihoods', 'frozen_scorer', 'predict', 'dataset_metrics',
+           'classify_dataset', 'write_predictions_csv', 'AllClassParams', 'hybrid_loss']
 
 # %% ../nbs/08_classification.ipynb #825e5f60
 import math
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from statistics import median
 
@@ -235,12 +236,26 @@ def posterior(ll, # log-likelihoods log p(x | y=k) (B, K)
 # %% ../nbs/08_classification.ipynb #87602262
 def flip_log_likelihoods(model, # a ConditionalPixelCNN
                          x, # images (B, C, H, W), float in [-1, 1]
+                         scorer=None, # a function images -> (B, K) log-likelihoods, e.g. `frozen_scorer(model)`; None: `class_log_likelihoods`
                          **kwargs # passed to `class_log_likelihoods`
                         ):
     "Per-class log-likelihoods (B, K) averaged over each image and its left-right mirror image"
-    if not isinstance(x, torch.Tensor) or x.ndim != 4: return class_log_likelihoods(model, x, **kwargs)   # let it explain
-    ll = class_log_likelihoods(model, torch.cat([x, x.flip(-1)]), **kwargs)
+    score = scorer or partial(class_log_likelihoods, model, **kwargs)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4: return score(x)   # let it explain
+    ll = score(torch.cat([x, x.flip(-1)]))
     return (ll[:len(x)] + ll[len(x):]) / 2
+
+# %% ../nbs/08_classification.ipynb #d9a79ae2
+def frozen_scorer(model # a trained ConditionalPixelCNN whose weights will not change
+                 ):
+    "A function images (B, C, H, W) -> log-likelihoods (B, K), `class_log_likelihoods(model, x)` compiled with the weights frozen"
+    classes = torch.arange(model.n_classes, device=next(model.parameters()).device)
+    def ll(x): return dmol_log_prob(x.repeat_interleave(len(classes), 0), class_params(model, x, classes)).view(len(x), len(classes))
+    compiled = torch.compile(ll, options={'freezing': True}, dynamic=False)
+    def score(x):
+        check_images(x); model.check_input(x)
+        with scoring_mode(model): return compiled(x)
+    return score
 
 # %% ../nbs/08_classification.ipynb #5589a7f8
 def predict(model, # a ConditionalPixelCNN
@@ -279,16 +294,18 @@ def classify_dataset(model, # a ConditionalPixelCNN
                      batch_size:int=64, # images per forward pass (each scored under all K classes)
                      log_prior=None, # log p(y) (K,), e.g. log_prior(train.y, K); None: uniform
                      tta_flip:bool=False, # average the log-likelihoods over a left-right flip
-                     temperature:float=1. # posterior temperature (changes the calibration, not the predictions)
+                     temperature:float=1., # posterior temperature (changes the calibration, not the predictions)
+                     compile:bool=False # score with `frozen_scorer` (compiles first: pays for large sets)
                     ):
     "Classify every image of `ds`: a DataFrame (path, label, pred, ll_<class>...) and a dict of metrics"
     if not isinstance(ds, ImageSet): raise ValueError(f"ds must be an ImageSet (see cpixelcnn.data), got {type(ds).__name__}")
     if ds.n_classes != model.n_classes:
         raise ValueError(f"the data set has {ds.n_classes} classes {ds.classes} but the model scores {model.n_classes}: use a model trained on these classes")
     if not len(ds): raise ValueError("the data set holds no images")
-    score = flip_log_likelihoods if tta_flip else class_log_likelihoods
+    scorer = frozen_scorer(model) if compile else partial(class_log_likelihoods, model)
+    score = partial(flip_log_likelihoods, model, scorer=scorer) if tta_flip else scorer
     device = next(model.parameters()).device
-    ll = torch.cat([score(model, x).cpu() for x, _ in batches(ds, batch_size, device=device)])   # (N, K)
+    ll = torch.cat([score(x).cpu() for x, _ in batches(ds, batch_size, device=device)])   # (N, K)
     logp = posterior(ll, log_prior, temperature)
     df = pd.DataFrame(dict(path=ds.paths, label=ds.y.numpy(), pred=logp.argmax(1).numpy()))
     for k, name in enumerate(ds.classes): df[f'll_{name}'] = ll[:, k].numpy()
@@ -313,7 +330,7 @@ def write_predictions_csv(paths, # image paths as the input CSV gives them, e.g.
 
 # %% ../nbs/08_classification.ipynb #c1f3b296
 class AllClassParams(torch.nn.Module):
-    "A module whose `forward(x)` gives `class_params` for all classes (B*K, n*M, H, W): what DDP or torch.compile wraps for the hybrid"
+    "A module whose `forward(x)` gives `class_params` for all classes (B*K, n*M, H, W): what DDP wraps for the hybrid"
     def __init__(self, model # a ConditionalPixelCNN
                 ):
         super().__init__()
@@ -325,7 +342,7 @@ class AllClassParams(torch.nn.Module):
         return class_params(self.model, x, torch.arange(self.model.n_classes, device=x.device))
 
 # %% ../nbs/08_classification.ipynb #a9e36038
-def hybrid_loss(net, # an `AllClassParams` (or its DDP / compiled wrapper)
+def hybrid_loss(net, # an `AllClassParams` (or its DDP wrapper)
                 x, # images (B, C, H, W) in [-1, 1]
                 y, # labels (B,)
                 log_prior, # log p(k) (K,), e.g. `log_prior(train_labels, K)`

@@ -34,6 +34,9 @@ EXPERIMENTS = {
     'middle-2-80-5': dict(fusion='middle', nr_resnet=2, nr_filters=80, nr_logistic_mix=5),
     # the hybrid objective (08_classification)
     'hybrid': dict(fusion='late', ce_weight=0.3, ce_temperature=30.),
+    # the same two with the learning rate annealed to 0 over the time budget (06_training)
+    'middle-cosine': dict(fusion='middle', schedule='cosine'),
+    'hybrid-cosine': dict(fusion='late', ce_weight=0.3, ce_temperature=30., schedule='cosine'),
     # a small discriminative CNN on the same images
     'cnn': None,
 }

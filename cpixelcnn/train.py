@@ -33,7 +33,7 @@ from .model import FUSIONS, ConditionalPixelCNN
 from .sampling import sample, save_sample_grid
 
 # %% ../nbs/06_training.ipynb #43a37592
-def bpd_loss(model, # a ConditionalPixelCNN (or its DDP / compiled wrapper)
+def bpd_loss(model, # a ConditionalPixelCNN (or its DDP wrapper)
              x, # images (B, C, H, W) in [-1, 1]
              y, # labels (B,)
              amp:bool=False # run the network under bfloat16 autocast (the likelihood stays float32)
@@ -70,7 +70,7 @@ class TrainConfig:
     batch_size: int = 32 # global batch: split over DDP ranks
     lr: float = 2e-3 # peak learning rate of AdamW
     weight_decay: float = 1e-4 # decoupled (AdamW) weight decay on weights, not on biases or weight-norm gains
-    schedule: str = 'exp' # 'exp': lr * lr_decay**step (PixelCNN++); 'cosine': to 0 at the end; 'constant'
+    schedule: str = 'exp' # 'exp': lr * lr_decay**step (PixelCNN++); 'cosine': to 0 at the end of the budget; 'constant'
     lr_decay: float = 0.999995 # per-step factor of the 'exp' schedule
     warmup_steps: int = 0 # linear warm-up steps before any schedule
     ema: float = 0.999 # EMA decay of the weights used for evaluation and samples (0: no EMA)
@@ -90,7 +90,7 @@ class TrainConfig:
     device: str = 'auto' # 'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     amp: bool = True # bfloat16 autocast for the network on CUDA (ignored on the CPU)
     channels_last: bool = False # channels-last memory format (can be faster on GPUs)
-    compile: bool = False # torch.compile the training forward pass
+    compile: bool = False # torch.compile the training loss (network and likelihood)
 
     def __post_init__(self):
         def need(ok, msg):
@@ -117,8 +117,6 @@ class TrainConfig:
         need(self.minutes is None or self.minutes > 0, f"minutes must be > 0 or None, got {self.minutes}")
         need(any(v is not None for v in (self.epochs, self.max_steps, self.minutes)),
              "epochs, max_steps and minutes are all None: set at least one, or training never ends")
-        need(self.schedule != 'cosine' or self.epochs or self.max_steps,
-             "the cosine schedule needs a known length: set epochs or max_steps")
 
     def to_dict(self):
         "The settings as a plain dict (JSON-ready)"
@@ -153,25 +151,28 @@ def lr_factor(step:int, # optimizer steps taken so far
               schedule:str='exp', # one of SCHEDULES
               lr_decay:float=0.999995, # per-step factor of 'exp'
               warmup_steps:int=0, # linear warm-up length
-              total_steps:int|None=None # length of the run, needed by 'cosine'
+              total_steps:int|None=None, # length of the run in steps, for 'cosine'
+              progress=None # for 'cosine' under a time budget: a function returning the share of the time used
              ):
     "Multiplier of the base learning rate after `step` steps"
     warm = min(1., (step + 1) / warmup_steps) if warmup_steps else 1.
     if schedule == 'exp': return warm * lr_decay ** step
     if schedule == 'cosine':
-        if not total_steps: raise ValueError("the cosine schedule needs total_steps (set epochs or max_steps)")
-        t = min(1., max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return warm * 0.5 * (1 + math.cos(math.pi * t))
+        if not total_steps and progress is None: raise ValueError("the cosine schedule needs total_steps or progress (set epochs, max_steps or minutes)")
+        shares = [max(0, step - warmup_steps) / max(1, total_steps - warmup_steps)] if total_steps else []
+        if progress is not None: shares.append(progress())
+        return warm * 0.5 * (1 + math.cos(math.pi * min(1., max(shares))))
     if schedule == 'constant': return warm
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 def make_scheduler(opt, # the optimizer
                    cfg:TrainConfig, # supplies schedule, lr_decay and warmup_steps
-                   total_steps:int|None=None # length of the run, for 'cosine'
+                   total_steps:int|None=None, # length of the run in steps, for 'cosine'
+                   progress=None # share of a time budget used (a function), for 'cosine'
                   ):
     "LambdaLR that sets the learning rate to lr * lr_factor(step)"
     return torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, schedule=cfg.schedule, lr_decay=cfg.lr_decay,
-                                                           warmup_steps=cfg.warmup_steps, total_steps=total_steps))
+                                                           warmup_steps=cfg.warmup_steps, total_steps=total_steps, progress=progress))
 
 # %% ../nbs/06_training.ipynb #e936b5e6
 class EMA:
@@ -379,7 +380,8 @@ class Trainer:
         if cfg.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.seed + 1 + self.rank)                          # dropout noise: a stream per rank
         self.opt = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        self.sched = make_scheduler(self.opt, cfg, self.total_steps())
+        self.clock = 0.                                                       # rank 0's elapsed seconds, the same on every rank
+        self.sched = make_scheduler(self.opt, cfg, self.total_steps(), self.time_used if cfg.minutes else None)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
         self.data_gen = torch.Generator().manual_seed(cfg.seed)               # batch order
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 1)            # augmentation draws
@@ -389,7 +391,9 @@ class Trainer:
         self.snapshot = rng_state(self.data_gen, self.aug_gen)                # the random states at the last step boundary
         net = AllClassParams(self.model) if cfg.ce_weight else self.model   # the hybrid scores every class on the shared path
         if self.world > 1: net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
-        self.net = torch.compile(net) if cfg.compile else net
+        self.net = net
+        objective = hybrid_loss if cfg.ce_weight else bpd_loss
+        self.objective = torch.compile(objective) if cfg.compile else objective
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / 'config.json', lambda p: Path(p).write_text(json.dumps(cfg.to_dict(), indent=1)))
@@ -404,6 +408,10 @@ class Trainer:
         "The number of steps the epochs and max_steps budgets allow (None: unbounded)"
         caps = [c for c in (self.cfg.epochs and self.cfg.epochs * self.steps_per_epoch, self.cfg.max_steps) if c]
         return min(caps) if caps else None
+
+    def time_used(self):
+        "Share of the minutes budget spent, as rank 0 measured it at the last step (all ranks agree)"
+        return self.clock / (60 * self.cfg.minutes)
 
     def elapsed(self):
         "Seconds of training so far, across resumes"
@@ -427,6 +435,7 @@ class Trainer:
         self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['optimizer']); self.sched.load_state_dict(ck['scheduler'])
         if self.ema is not None: self.ema.load_state_dict(ck['ema'])
         for k in ('epoch', 'step', 'pos', 'seconds', 'epoch_gen_state'): setattr(self, k, ck[k])
+        self.clock = self.seconds
         self.metrics = list(ck['metrics'])
         self.last_eval_step = self.metrics[-1]['step'] if self.metrics else -1
         states = ck['rng']
@@ -452,8 +461,8 @@ class Trainer:
         if cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
         if cfg.ce_weight:
-            loss, bpd, ce = hybrid_loss(self.net, x, y, self.log_prior.to(x.device), cfg.ce_weight, cfg.ce_temperature, self.amp)
-        else: loss = bpd = bpd_loss(self.net, x, y, self.amp); ce = torch.full_like(loss, float('nan'))
+            loss, bpd, ce = self.objective(self.net, x, y, self.log_prior.to(x.device), cfg.ce_weight, cfg.ce_temperature, self.amp)
+        else: loss = bpd = self.objective(self.net, x, y, self.amp); ce = torch.full_like(loss, float('nan'))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step {self.step + 1}: lower lr, or check the data")
         self.opt.zero_grad(set_to_none=True)
@@ -464,9 +473,10 @@ class Trainer:
             if self.ema is not None: self.ema.update(self.model)
             self.step, self.pos = self.step + 1, self.pos + 1
             self.snapshot = rng_state(self.data_gen, self.aug_gen)
-        stats = torch.stack([bpd.detach().float(), ce.detach().float(), torch.tensor(float(self.rank == 0 and self._budget_spent()), device=loss.device)])
-        if self.world > 1: dist.all_reduce(stats)                         # mean loss over ranks; rank 0 decides to stop
-        self.loss, self.ce, self.stop = stats[0].item() / self.world, stats[1].item() / self.world, stats[2].item() > 0
+        stop, clock = (self._budget_spent(), self.elapsed()) if self.rank == 0 else (False, 0.)
+        stats = torch.tensor([bpd.item(), ce.item(), float(stop), clock], dtype=torch.float64, device=loss.device)
+        if self.world > 1: dist.all_reduce(stats)                         # mean loss over ranks; rank 0 decides to stop and keeps the clock
+        self.loss, self.ce, self.stop, self.clock = stats[0].item() / self.world, stats[1].item() / self.world, stats[2].item() > 0, stats[3].item()
         self.win_loss, self.win_ce, self.win_steps = self.win_loss + self.loss, self.win_ce + self.ce, self.win_steps + 1
         self.win_images, self.win_time = self.win_images + b * self.world, self.win_time + time.perf_counter() - t
         return self.loss
