@@ -474,7 +474,7 @@ class Trainer:
             self.step, self.pos = self.step + 1, self.pos + 1
             self.snapshot = rng_state(self.data_gen, self.aug_gen)
         stop, clock = (self._budget_spent(), self.elapsed()) if self.rank == 0 else (False, 0.)
-        stats = torch.tensor([bpd.item(), ce.item(), float(stop), clock], dtype=torch.float64, device=loss.device)
+        stats = torch.tensor([bpd.item(), ce.item(), float(stop), clock], device=loss.device)
         if self.world > 1: dist.all_reduce(stats)                         # mean loss over ranks; rank 0 decides to stop and keeps the clock
         self.loss, self.ce, self.stop, self.clock = stats[0].item() / self.world, stats[1].item() / self.world, stats[2].item() > 0, stats[3].item()
         self.win_loss, self.win_ce, self.win_steps = self.win_loss + self.loss, self.win_ce + self.ce, self.win_steps + 1
