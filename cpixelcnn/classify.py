@@ -110,7 +110,7 @@ def class_params(model, # a ConditionalPixelCNN
                 ):
     "Mixture parameters (B*K, n*M, H, W) of every image under every class in `classes`, image-major (row b*K + k)"
     state = model.prefix(x)
-    if fast and model.fusion == 'late': return model.head(plus_classes(state, model.embedding(classes)))
+    if fast and model.fusion in ('late', 'head'): return model.head(plus_classes(state, model.embedding(classes)), classes.repeat(len(x)))
     if fast and model.fusion == 'middle': return middle_class_params(model, state, model.embedding(classes))
     return model.suffix(expand_state(state, len(classes)), classes.repeat(len(x)))
 

@@ -37,6 +37,12 @@ EXPERIMENTS = {
     # the same two with the learning rate annealed to 0 over the time budget (06_training)
     'middle-cosine': dict(fusion='middle', schedule='cosine'),
     'hybrid-cosine': dict(fusion='late', ce_weight=0.3, ce_temperature=30., schedule='cosine'),
+    # the hybrid with a per-class output layer (`head` fusion, 04_model), at two weights of the cross-entropy
+    'hybrid-head': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine'),
+    'hybrid-head-w03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., schedule='cosine'),
+    # its two controls: late fusion at the same weight, and head fusion with plain likelihood training
+    'hybrid-cosine-w01': dict(fusion='late', ce_weight=0.1, ce_temperature=30., schedule='cosine'),
+    'head-cosine': dict(fusion='head', schedule='cosine'),
     # a small discriminative CNN on the same images
     'cnn': None,
 }

@@ -173,6 +173,7 @@ class Op:
     terms: list
     cond: tuple | None = None   # ('add' or 'film', function of the class embedding e (B, nf))
     residual: Node | None = None   # gated residual block: out = residual + c_a * sigmoid(c_b)
+    per_class: torch.Tensor | None = None   # (K, Cout, Cin): a per-class weight added to the module's (head fusion)
 
 # %% ../nbs/07_sampling.ipynb #367f48ba
 FORM_WIDTH = {'val': 1, 'celu': 2, 'elu': 1}   # channels of each stored form, per channel of the map
@@ -194,7 +195,8 @@ class Plan:
     def add(self, name:str, # name of the new map
             terms, # list of (src Node, form, module or None, part or None)
             cond=None, # ('add' or 'film', function of e) or None
-            residual:Node=None # the block input, for the gate
+            residual:Node=None, # the block input, for the gate
+            per_class=None # (K, Cout, Cin) weights, one matrix per class, added to the first term's (head fusion)
            ):
         "Record an operation; its output map's ready steps are the maximum over every tap of every input"
         built, Ts = [], []
@@ -208,7 +210,7 @@ class Plan:
         m0 = built[0].m
         C = built[0].src.C if m0 is None else getattr(m0, 'conv', m0).out_channels
         out = self.node(name, C // 2 if residual is not None else C, *shape, torch.stack(Ts).amax(0))
-        self.ops.append(Op(out, built, cond, residual))
+        self.ops.append(Op(out, built, cond, residual, per_class))
         return out
 
     def ready(self, name:str # a map's name
@@ -269,8 +271,8 @@ def build_plan(model:ConditionalPixelCNN, # the network; its modules supply ever
         if i < 2:
             u = plan.add(f'down{i}.up_u', [(u, 'val', m.upsize_u[i], None)])
             ul = plan.add(f'down{i}.up_ul', [(ul, 'val', m.upsize_ul[i], None)])
-    if fusion == 'late': ul = plan.add('late.ul', [(ul, 'val', None, None)], ('add', _add_embedding))
-    plan.head = plan.add('head', [(ul, 'elu', m.nin_out, None)])
+    if fusion in ('late', 'head'): ul = plan.add('late.ul', [(ul, 'val', None, None)], ('add', _add_embedding))
+    plan.head = plan.add('head', [(ul, 'elu', m.nin_out, None)], per_class=getattr(m, 'class_out', None))
     plan.head.forms.add('val')
     late = (plan.head.T > torch.arange(H * W)).nonzero()
     if len(late): raise ValueError(f"the network is not causal: its output at raster position {late[0].item()} depends on that pixel or a later one")
@@ -308,6 +310,7 @@ def load_weights(plan:Plan, # a plan built from `model`
                 ws.append(w)
                 if b is not None: o.b = o.b + (b if t.exists.all() else t.exists[:, None].to(b) * b)   # (Cout,) or (Ho*Wo, Cout)
             o.W = torch.cat(ws).contiguous()
+            if o.per_class is not None: o.W = o.W + o.per_class[y].transpose(1, 2)   # each image's own matrix (B, Cin, Cout)
         if o.cond is not None:
             kind, f = o.cond
             v = f(e)[:, None]                                               # (B, 1, Cout)
