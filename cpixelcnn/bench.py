@@ -25,11 +25,12 @@ def _timed(f, repeats:int):
         t0 = time.perf_counter(); f(); times.append(time.perf_counter() - t0)
     return median(times)
 
-def matmul_gflops(n:int=1024, # side of the square float32 matrices
-                  repeats:int=10 # timed products; the median counts
+def matmul_gflops(n:int=1024, # side of the square matrices
+                  repeats:int=10, # timed products; the median counts
+                  dtype=torch.float32 # their type (the roofline is always the float32 rate)
                  ):
-    "This machine's float32 matrix-product rate in GFLOP/s (2 n^3 FLOPs per product)"
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    "This machine's matrix-product rate in GFLOP/s (2 n^3 FLOPs per product), float32 unless asked"
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n ** 3 / _timed(lambda: a @ b, repeats) / 1e9
 
 # %% ../nbs/12_bench.ipynb #fba4d1d4
@@ -52,15 +53,18 @@ def throughput(model:ConditionalPixelCNN, # the network
                image_size:int=32, # side of the square random images
                train:bool=True, # a training step (forward, backward, AdamW) or an evaluation pass
                repeats:int=5, # timed steps; the medians count
-               compile:bool=False # also time, alternately, the compiled loss (training) or frozen scoring function (evaluation)
+               compile:bool=False, # also time, alternately, the compiled loss (training) or frozen scoring function (evaluation)
+               amp:bool=False # run the network under bfloat16 autocast (the likelihood stays float32), as `TrainConfig(cpu_amp=True)`
               ):
     "Images/s, achieved GFLOP/s, roofline fraction (over the matmul rate measured before each step) and the convolutions' own fraction, of training steps or evaluation passes"
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch_size, model.in_channels, image_size, image_size), generator=g) / 127.5 - 1
     y = torch.randint(0, model.n_classes, (batch_size,), generator=g)
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
-    def loss(x, y): return -dmol_log_prob(x, model(x, y)).mean()
-    def score(x, y): return dmol_log_prob(x, model(x, y))
+    def net(x, y):
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=amp): return model(x, y).float()
+    def loss(x, y): return -dmol_log_prob(x, net(x, y)).mean()
+    def score(x, y): return dmol_log_prob(x, net(x, y))
     def runner(loss, score):
         def step():
             l = loss(x, y); opt.zero_grad(); l.backward(); opt.step()
@@ -100,6 +104,7 @@ def run(quick:bool=False, # fewer repeats, naive sampler timed on one row and ex
         batch_size:int=32, # images per training step
         fusions=FUSIONS, # fusion modes for the classification figures
         compile:bool=False, # also measure the compiled training step and the frozen compiled evaluation
+        bf16:bool=False, # also measure both with the network under bfloat16 autocast (`bf16_` figures, still over the float32 matmul rate)
         out=print # where the `name: value` lines go
        ):
     "Measure and report every figure; returns them as a dict"
@@ -109,11 +114,13 @@ def run(quick:bool=False, # fewer repeats, naive sampler timed on one row and ex
     put('threads', r['threads'])
     reps = 3 if quick else 10
     put('matmul_gflops', matmul_gflops(repeats=reps))
+    if bf16: put('matmul_bf16_gflops', matmul_gflops(repeats=reps, dtype=torch.bfloat16))
     for name, train in (('train', True), ('eval', False)):
-        model = ConditionalPixelCNN(nr_resnet, nr_filters, nr_logistic_mix, n_classes=4, fusion='middle')
-        t = throughput(model, batch_size, image_size, train=train, repeats=reps, compile=compile)
-        for k in ('images_per_s', 'gflops', 'roofline', 'conv_roofline') + (('compiled_images_per_s', 'compiled_roofline', 'compiled_conv_roofline', 'compile_s', 'compile_speedup') if compile else ()):
-            put(f'{name}_{k}', t[k])
+        for amp in (False, True) if bf16 else (False,):
+            model = ConditionalPixelCNN(nr_resnet, nr_filters, nr_logistic_mix, n_classes=4, fusion='middle')
+            t = throughput(model, batch_size, image_size, train=train, repeats=reps, compile=compile, amp=amp)
+            for k in ('images_per_s', 'gflops', 'roofline', 'conv_roofline') + (('compiled_images_per_s', 'compiled_roofline', 'compiled_conv_roofline', 'compile_s', 'compile_speedup') if compile else ()):
+                put(f"{name}_{'bf16_' if amp else ''}{k}", t[k])
     cfg = dict(nr_resnet=nr_resnet, nr_filters=nr_filters, nr_logistic_mix=nr_logistic_mix)
     for f in fusions:
         c = benchmark_classification({**cfg, 'fusion': f}, K=4, B=16, image_size=image_size, repeats=reps)
@@ -132,9 +139,10 @@ def main(argv=None # arguments (default: sys.argv[1:])
     p = argparse.ArgumentParser(prog='python -m cpixelcnn.bench', description="Measure cpixelcnn's speeds as ratios in one run.")
     p.add_argument('--quick', action='store_true', help="fewer repeats, naive sampler extrapolated from one row (about 2 minutes on 2 cores)")
     p.add_argument('--compile', action='store_true', help="also the torch.compile'd training step and frozen evaluation (compiling adds minutes)")
+    p.add_argument('--bf16', action='store_true', help="also with the network under bfloat16 autocast (fast on CPUs with AVX512-BF16 or AMX)")
     p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
-    return run(quick=args.quick, compile=args.compile)
+    return run(quick=args.quick, compile=args.compile, bf16=args.bf16)
 
 if __name__ == '__main__' and '__file__' in globals(): main()   # `python -m cpixelcnn.bench`, not a notebook kernel

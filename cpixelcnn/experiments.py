@@ -43,6 +43,13 @@ EXPERIMENTS = {
     # its two controls: late fusion at the same weight, and head fusion with plain likelihood training
     'hybrid-cosine-w01': dict(fusion='late', ce_weight=0.1, ce_temperature=30., schedule='cosine'),
     'head-cosine': dict(fusion='head', schedule='cosine'),
+    # one run on both cores (2 torch threads, run them with --jobs 1): the plain baseline and the hybrids with head and middle fusion
+    'middle-cosine-2c': dict(fusion='middle', schedule='cosine', threads=2),
+    'hybrid-head-2c': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
+    'hybrid-middle-2c': dict(fusion='middle', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
+    # the same two with the network in bfloat16 (`cpu_amp`, 06_training): about 1.6 times the steps on this CPU
+    'middle-cosine-2c-bf16': dict(fusion='middle', schedule='cosine', cpu_amp=True, threads=2),
+    'hybrid-head-2c-bf16': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', cpu_amp=True, threads=2),
     # a small discriminative CNN on the same images
     'cnn': None,
 }
@@ -193,23 +200,28 @@ def run_experiment(name:str, # a key of EXPERIMENTS
     if data is None:
         data = shared_data_dir()
         if data is None: raise FileNotFoundError("the CPEN455 data (shared/data/cpen455) is not on this machine: pass data=<folder or dataset name>")
-    spec = EXPERIMENTS[name]
+    spec = dict(EXPERIMENTS[name] or {})
+    threads, caller_threads = spec.pop('threads', None), torch.get_num_threads()   # an experiment may pin its torch threads
     cfg = TrainConfig(**{**dict(data=str(data), minutes=minutes, epochs=None, seed=seed, progress=False,
-                                n_samples_per_class=8 if seed == 0 else 0), **(spec or {}), **overrides})
+                                n_samples_per_class=8 if seed == 0 else 0), **spec, **overrides})
     out, results = Path(runs_dir) / f'{name}-{minutes:g}min-s{seed}', Path(results_dir)
-    if spec is None:
-        model, curves = train_cnn(cfg, log=None)
-        final, table = analyse_cnn(model, load_data(cfg)[1])
-        steps = curves[-1]['step'] if curves else 0
-        images_per_s = steps * cfg.batch_size / curves[-1]['seconds'] if curves else float('nan')
-    else:
-        trainer = train(cfg, out)
-        curves, steps = trainer.metrics, trainer.step
-        final, table = analyse_generative(trainer.eval_model, trainer.val_set, trainer.log_prior)
-        images_per_s = pd.DataFrame(curves).images_per_s.mean()
+    if threads: torch.set_num_threads(threads)
+    try:
+        if EXPERIMENTS[name] is None:
+            model, curves = train_cnn(cfg, log=None)
+            final, table = analyse_cnn(model, load_data(cfg)[1])
+            steps = curves[-1]['step'] if curves else 0
+            images_per_s = steps * cfg.batch_size / curves[-1]['seconds'] if curves else float('nan')
+        else:
+            trainer = train(cfg, out)
+            curves, steps = trainer.metrics, trainer.step
+            final, table = analyse_generative(trainer.eval_model, trainer.val_set, trainer.log_prior)
+            images_per_s = pd.DataFrame(curves).images_per_s.mean()
+        machine = machine_info()
+    finally: torch.set_num_threads(caller_threads)
     extra = ' '.join(f'--{k} {v}' for k, v in overrides.items())
     row = dict(experiment=name, seed=seed, minutes=minutes, steps=steps, images_per_s=round(images_per_s, 2),
-               **{k: round(v, 5) for k, v in final.items()}, machine=machine_info(), data=Path(str(data)).name,
+               **{k: round(v, 5) for k, v in final.items()}, machine=machine, data=Path(str(data)).name,
                command=f"python -m cpixelcnn.experiments {name} --minutes {minutes:g} --seeds {seed} {extra}".strip(),
                finished=time.strftime('%Y-%m-%d %H:%M'))
     with locked(results):

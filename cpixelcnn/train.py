@@ -89,6 +89,7 @@ class TrainConfig:
     # hardware
     device: str = 'auto' # 'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     amp: bool = True # bfloat16 autocast for the network on CUDA (ignored on the CPU)
+    cpu_amp: bool = False # bfloat16 autocast for the network on the CPU too (fast on CPUs with AVX512-BF16 or AMX)
     channels_last: bool = False # channels-last memory format (can be faster on GPUs)
     compile: bool = False # torch.compile the training loss (network and likelihood)
 
@@ -320,7 +321,7 @@ CHECKPOINT_FORMAT = 'cpixelcnn-train-1'   # marks (and versions) the checkpoints
 
 # settings a resumed run may change; every other field must equal the checkpoint's
 RESUMABLE_FIELDS = ('epochs', 'max_steps', 'minutes', 'eval_every', 'checkpoint_every', 'sample_every',
-                    'n_samples_per_class', 'max_val', 'progress', 'device', 'amp', 'channels_last', 'compile')
+                    'n_samples_per_class', 'max_val', 'progress', 'device', 'amp', 'cpu_amp', 'channels_last', 'compile')
 
 # %% ../nbs/06_training.ipynb #889c7284
 def load_checkpoint(path, # checkpoint.pt, or the run folder holding it
@@ -365,7 +366,7 @@ class Trainer:
         self.cfg = cfg = config if ckpt is None else resume_config(config, ckpt['config'])
         self.rank, self.local_rank, self.world = dist_info()
         self.device = resolve_device(cfg.device, self.local_rank)
-        self.amp = cfg.amp and self.device.type == 'cuda'
+        self.amp = (cfg.amp and self.device.type == 'cuda') or (cfg.cpu_amp and self.device.type == 'cpu')
         if cfg.batch_size % self.world: raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world} DDP processes")
         self.train_set, self.val_set = load_data(cfg)
         if len(self.train_set) < cfg.batch_size:
