@@ -47,7 +47,7 @@ EXPERIMENTS = {
     'middle-cosine-2c': dict(fusion='middle', schedule='cosine', threads=2),
     'hybrid-head-2c': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
     'hybrid-middle-2c': dict(fusion='middle', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
-    # the same two with the network in bfloat16 (`cpu_amp`, 06_training): about 1.6 times the steps on this CPU
+    # the same two with the network in bfloat16 (`cpu_amp`, 06_training): about 1.4 times the steps on this CPU
     'middle-cosine-2c-bf16': dict(fusion='middle', schedule='cosine', cpu_amp=True, threads=2),
     'hybrid-head-2c-bf16': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', cpu_amp=True, threads=2),
     # a small discriminative CNN on the same images
