@@ -6,7 +6,8 @@
 __all__ = ['check_classes', 'expand_state', 'plus_classes', 'per_image_plus', 'gated_shared_skip', 'split_skip',
            'middle_class_params', 'class_params', 'scoring_mode', 'table_log_prob', 'class_log_likelihoods',
            'benchmark_classification', 'log_prior', 'posterior', 'flip_log_likelihoods', 'frozen_scorer', 'predict',
-           'dataset_metrics', 'classify_dataset', 'write_predictions_csv', 'AllClassParams', 'hybrid_loss']
+           'dataset_metrics', 'classify_dataset', 'write_predictions_csv', 'scale_grad', 'AllClassParams',
+           'hybrid_loss']
 
 # %% ../nbs/08_classification.ipynb #825e5f60
 import math
@@ -106,10 +107,11 @@ def middle_class_params(model, # a middle-fusion ConditionalPixelCNN
 def class_params(model, # a ConditionalPixelCNN
                  x, # images (B, C, H, W) in [-1, 1]
                  classes, # class indices (K,) to score, from `check_classes`
-                 fast:bool=True # share the skip terms (middle) and skip the state copies (late); False: prefix/suffix only
+                 fast:bool=True, # share the skip terms (middle) and skip the state copies (late); False: prefix/suffix only
+                 state=None # `model.prefix(x)` if already computed
                 ):
     "Mixture parameters (B*K, n*M, H, W) of every image under every class in `classes`, image-major (row b*K + k)"
-    state = model.prefix(x)
+    if state is None: state = model.prefix(x)
     if fast and model.fusion in ('late', 'head'): return model.head(plus_classes(state, model.embedding(classes)), classes.repeat(len(x)))
     if fast and model.fusion == 'middle': return middle_class_params(model, state, model.embedding(classes))
     return model.suffix(expand_state(state, len(classes)), classes.repeat(len(x)))
@@ -335,21 +337,36 @@ def write_predictions_csv(paths, # image paths as the input CSV gives them, e.g.
     text = ''.join(f'{p},{k}\r\n' for p, k in zip(paths, preds.tolist()))
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(text.encode('utf-8')))
 
+# %% ../nbs/08_classification.ipynb #b7f14a07
+def scale_grad(state, # a tensor, or a (nested) list or tuple of tensors
+               s:float # the factor on the gradient: 0 stops it, 1 leaves it alone
+              ):
+    "The same values, with the gradient that flows back through them multiplied by s"
+    if isinstance(state, torch.Tensor): return state.detach() + s * (state - state.detach())
+    return type(state)(scale_grad(t, s) for t in state)
+
 # %% ../nbs/08_classification.ipynb #c1f3b296
 class AllClassParams(torch.nn.Module):
-    "A module whose `forward(x)` gives `class_params` for all classes (B*K, n*M, H, W): what DDP wraps for the hybrid"
-    def __init__(self, model # a ConditionalPixelCNN
+    "A module whose `forward(x, y)` gives `class_params` for all classes, and the true labels' own parameters when needed: what DDP wraps for the hybrid"
+    def __init__(self, model, # a ConditionalPixelCNN
+                 prefix_grad:float=1. # share of the gradient through the all-class table that reaches `model.prefix` (1: all, 0: none)
                 ):
         super().__init__()
-        self.model = model
+        if not 0 <= prefix_grad <= 1: raise ValueError(f"prefix_grad must lie in [0, 1] (1: the whole gradient, 0: none), got {prefix_grad}")
+        self.model, self.prefix_grad = model, prefix_grad
 
-    def forward(self, x):
-        "Mixture parameters (B*K, n*M, H, W) of images x (B, C, H, W) under every class, image-major"
-        self.model.check_input(x)
-        return class_params(self.model, x, torch.arange(self.model.n_classes, device=x.device))
+    def forward(self, x, # images (B, C, H, W) in [-1, 1]
+                y # their labels (B,)
+               ):
+        "(parameters (B*K, n*M, H, W) under every class, image-major; those under y (B, n*M, H, W) with the whole gradient, or None: the table's own)"
+        m = self.model
+        m.check_input(x); m.check_labels(y, len(x))
+        state, classes = m.prefix(x), torch.arange(m.n_classes, device=x.device)
+        if self.prefix_grad == 1: return class_params(m, x, classes, state=state), None
+        return class_params(m, x, classes, state=scale_grad(state, self.prefix_grad)), m.suffix(state, y)
 
 # %% ../nbs/08_classification.ipynb #a9e36038
-def hybrid_loss(net, # an `AllClassParams` (or its DDP wrapper)
+def hybrid_loss(net, # an `AllClassParams` (or its DDP / compiled wrapper)
                 x, # images (B, C, H, W) in [-1, 1]
                 y, # labels (B,)
                 log_prior, # log p(k) (K,), e.g. `log_prior(train_labels, K)`
@@ -359,11 +376,9 @@ def hybrid_loss(net, # an `AllClassParams` (or its DDP wrapper)
                ):
     "The hybrid objective: (bits/dim under the true labels + ce_weight * cross-entropy of the posterior, bits/dim, cross-entropy)"
     with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
-        params = net(x)                                                  # (B*K, n*M, H, W), image-major
-    B, K = len(x), len(params) // len(x)
-    if y.shape != (B,) or y.dtype.is_floating_point or (B and (y.min() < 0 or y.max() >= K)):
-        raise ValueError(f"labels must be {B} integers in [0, {K}), got {y.dtype} {tuple(y.shape)}")
+        params, own = net(x, y)                                          # (B*K, n*M, H, W), image-major; (B, n*M, H, W) or None
     ll = table_log_prob(x, params.float())                               # log p(x | k) in nats (B, K)
-    bpd = bits_per_dim(ll.gather(1, y[:, None])[:, 0], x[0].numel()).mean()
+    ll_y = ll.gather(1, y[:, None])[:, 0] if own is None else dmol_log_prob(x, own.float())
+    bpd = bits_per_dim(ll_y, x[0].numel()).mean()
     ce = F.cross_entropy((ll + log_prior) / temperature, y)
     return bpd + ce_weight * ce, bpd, ce

@@ -52,10 +52,11 @@ EXPERIMENTS = {
     'middle-cosine-2c-bf16': dict(fusion='middle', schedule='cosine', cpu_amp=True, threads=2),
     'hybrid-head-2c-bf16': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', cpu_amp=True, threads=2),
     # the same in batches of 16 with the loss compiled (`compile`), evaluated every second epoch: about twice the steps of -2c-bf16;
-    # plain middle and head fusion, and the head-fusion hybrid at lambda = 0.1, at lambda = 0.3, and at lambda = 0.1 with T = 10
+    # plain middle and head fusion, and the head-fusion hybrid at lambda = 0.1, 0.2 and 0.3, and at lambda = 0.1 with T = 10
     'middle-cosine-2c-bf16-b16': dict(fusion='middle', **_B16),
     'head-cosine-2c-bf16-b16': dict(fusion='head', **_B16),
     'hybrid-head-2c-bf16-b16': dict(fusion='head', ce_weight=0.1, ce_temperature=30., **_B16),
+    'hybrid-head-2c-bf16-b16-w02': dict(fusion='head', ce_weight=0.2, ce_temperature=30., **_B16),
     'hybrid-head-2c-bf16-b16-w03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., **_B16),
     'hybrid-head-2c-bf16-b16-t10': dict(fusion='head', ce_weight=0.1, ce_temperature=10., **_B16),
     # a small discriminative CNN on the same images

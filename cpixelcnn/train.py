@@ -66,6 +66,7 @@ class TrainConfig:
     # objective
     ce_weight: float = 0.0 # hybrid objective: bits/dim + ce_weight * cross-entropy of the model's own class posterior (0: plain likelihood)
     ce_temperature: float = 1.0 # temperature T of that posterior, softmax((log p(x|k) + log p(k)) / T)
+    ce_prefix_grad: float = 1.0 # share of the cross-entropy's gradient that reaches the label-independent part of the network (0: none)
     # optimization
     batch_size: int = 32 # global batch: split over DDP ranks
     lr: float = 2e-3 # peak learning rate of AdamW
@@ -115,6 +116,7 @@ class TrainConfig:
         need(0 < self.lr_decay <= 1, f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         need(self.ce_weight >= 0 and math.isfinite(self.ce_weight), f"ce_weight must be a finite number >= 0 (0: plain likelihood), got {self.ce_weight}")
         need(self.ce_temperature > 0 and math.isfinite(self.ce_temperature), f"ce_temperature must be a finite number > 0, got {self.ce_temperature}")
+        need(0 <= self.ce_prefix_grad <= 1, f"ce_prefix_grad must lie in [0, 1] (1: the whole gradient, 0: none), got {self.ce_prefix_grad}")
         need(self.minutes is None or self.minutes > 0, f"minutes must be > 0 or None, got {self.minutes}")
         need(any(v is not None for v in (self.epochs, self.max_steps, self.minutes)),
              "epochs, max_steps and minutes are all None: set at least one, or training never ends")
@@ -390,7 +392,7 @@ class Trainer:
         self.epoch_gen_state, self.loss, self.ce, self.grad_norm, self.stop = self.data_gen.get_state(), float('nan'), float('nan'), float('nan'), False
         if ckpt is not None: self._restore(ckpt)
         self.snapshot = rng_state(self.data_gen, self.aug_gen)                # the random states at the last step boundary
-        net = AllClassParams(self.model) if cfg.ce_weight else self.model   # the hybrid scores every class on the shared path
+        net = AllClassParams(self.model, cfg.ce_prefix_grad) if cfg.ce_weight else self.model   # the hybrid scores every class on the shared path
         if self.world > 1: net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.net = net
         objective = hybrid_loss if cfg.ce_weight else bpd_loss
