@@ -371,7 +371,7 @@ class AllClassParams(torch.nn.Module):
         return class_params(m, x, classes, state=scale_grad(state, self.prefix_grad)), m.suffix(state, y)
 
 # %% ../nbs/08_classification.ipynb #a9e36038
-def hybrid_loss(net, # an `AllClassParams` (or its DDP / compiled wrapper)
+def hybrid_loss(net, # an `AllClassParams` (or its DDP wrapper)
                 x, # images (B, C, H, W) in [-1, 1]
                 y, # labels (B,)
                 log_prior, # log p(k) (K,), e.g. `log_prior(train_labels, K)`
