@@ -361,11 +361,13 @@ class AllClassParams(torch.nn.Module):
         self.model, self.prefix_grad = model, prefix_grad
 
     def forward(self, x, # images (B, C, H, W) in [-1, 1]
-                y # their labels (B,)
+                y, # their labels (B,)
+                own_only:bool=False # only the parameters under y, as `model(x, y)` gives them (plain likelihood training)
                ):
-        "(parameters (B*K, n*M, H, W) under every class, image-major; those under y (B, n*M, H, W) with the whole gradient, or None: the table's own)"
+        "(parameters (B*K, n*M, H, W) under every class, image-major; those under y (B, n*M, H, W) with the whole gradient, or None: the table's own); with own_only, those under y alone"
         m = self.model
         m.check_input(x); m.check_labels(y, len(x))
+        if own_only: return m(x, y)
         state, classes = m.prefix(x), torch.arange(m.n_classes, device=x.device)
         if self.prefix_grad == 1: return class_params(m, x, classes, state=state), None
         return class_params(m, x, classes, state=scale_grad(state, self.prefix_grad)), m.suffix(state, y)

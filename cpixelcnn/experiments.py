@@ -59,6 +59,10 @@ EXPERIMENTS = {
     'hybrid-head-2c-bf16-b16-w02': dict(fusion='head', ce_weight=0.2, ce_temperature=30., **_B16),
     'hybrid-head-2c-bf16-b16-w03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., **_B16),
     'hybrid-head-2c-bf16-b16-t10': dict(fusion='head', ce_weight=0.1, ce_temperature=10., **_B16),
+    # the head-fusion hybrid with the first half (or 30%) of the budget on bits/dim alone (`ce_start`, 06_training), at lambda = 0.3 and 0.5
+    'hybrid-head-2c-bf16-b16-w03-start05': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.5, **_B16),
+    'hybrid-head-2c-bf16-b16-w03-start03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.3, **_B16),
+    'hybrid-head-2c-bf16-b16-w05-start05': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, **_B16),
     # a small discriminative CNN on the same images
     'cnn': None,
 }

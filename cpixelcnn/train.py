@@ -67,6 +67,7 @@ class TrainConfig:
     ce_weight: float = 0.0 # hybrid objective: bits/dim + ce_weight * cross-entropy of the model's own class posterior (0: plain likelihood)
     ce_temperature: float = 1.0 # temperature T of that posterior, softmax((log p(x|k) + log p(k)) / T)
     ce_prefix_grad: float = 1.0 # share of the cross-entropy's gradient that reaches the label-independent part of the network (0: none)
+    ce_start: float = 0.0 # share of the budget trained on bits/dim alone before the cross-entropy term is switched on (0: from the first step)
     # optimization
     batch_size: int = 32 # global batch: split over DDP ranks
     lr: float = 2e-3 # peak learning rate of AdamW
@@ -117,6 +118,7 @@ class TrainConfig:
         need(self.ce_weight >= 0 and math.isfinite(self.ce_weight), f"ce_weight must be a finite number >= 0 (0: plain likelihood), got {self.ce_weight}")
         need(self.ce_temperature > 0 and math.isfinite(self.ce_temperature), f"ce_temperature must be a finite number > 0, got {self.ce_temperature}")
         need(0 <= self.ce_prefix_grad <= 1, f"ce_prefix_grad must lie in [0, 1] (1: the whole gradient, 0: none), got {self.ce_prefix_grad}")
+        need(0 <= self.ce_start < 1, f"ce_start must lie in [0, 1) (a share of the training budget), got {self.ce_start}")
         need(self.minutes is None or self.minutes > 0, f"minutes must be > 0 or None, got {self.minutes}")
         need(any(v is not None for v in (self.epochs, self.max_steps, self.minutes)),
              "epochs, max_steps and minutes are all None: set at least one, or training never ends")
@@ -395,8 +397,9 @@ class Trainer:
         net = AllClassParams(self.model, cfg.ce_prefix_grad) if cfg.ce_weight else self.model   # the hybrid scores every class on the shared path
         if self.world > 1: net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.net = net
-        objective = hybrid_loss if cfg.ce_weight else bpd_loss
-        self.objective = torch.compile(objective) if cfg.compile else objective
+        self.own_net = partial(net, own_only=True) if cfg.ce_weight else net   # the true labels' parameters alone, through the same wrapper
+        compiled = torch.compile if cfg.compile else (lambda f: f)
+        self.objective, self.plain_objective = compiled(hybrid_loss), compiled(bpd_loss)   # compiled on first use
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / 'config.json', lambda p: Path(p).write_text(json.dumps(cfg.to_dict(), indent=1)))
@@ -415,6 +418,15 @@ class Trainer:
     def time_used(self):
         "Share of the minutes budget spent, as rank 0 measured it at the last step (all ranks agree)"
         return self.clock / (60 * self.cfg.minutes)
+
+    def progress(self):
+        "Share of the whole budget spent: the larger of steps / total_steps and time_used (all ranks agree)"
+        total = self.total_steps()
+        return max(self.step / total if total else 0., self.time_used() if self.cfg.minutes else 0.)
+
+    def ce_on(self):
+        "Whether the next step trains on the hybrid objective: ce_weight > 0 and ce_start of the budget spent"
+        return bool(self.cfg.ce_weight) and self.progress() >= self.cfg.ce_start
 
     def elapsed(self):
         "Seconds of training so far, across resumes"
@@ -450,8 +462,8 @@ class Trainer:
         self.log(f"resumed {self.ckpt_path} at epoch {self.epoch}, step {self.step}")
 
     def _reset_window(self):
-        "Start a new window for the train_bpd and images_per_s of the next metrics row"
-        self.win_loss, self.win_ce, self.win_steps, self.win_images, self.win_time = 0., 0., 0, 0, 0.
+        "Start a new window for the train_bpd, train_ce and images_per_s of the next metrics row"
+        self.win_loss, self.win_ce, self.win_steps, self.win_ce_steps, self.win_images, self.win_time = 0., 0., 0, 0, 0, 0.
 
     def train_step(self, x, # the global batch of images (batch_size, C, H, W) in [-1, 1]
                    y # its labels (batch_size,)
@@ -463,9 +475,9 @@ class Trainer:
         x, y = x[self.rank * b:(self.rank + 1) * b], y[self.rank * b:(self.rank + 1) * b]
         if cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        if cfg.ce_weight:
+        if self.ce_on():
             loss, bpd, ce = self.objective(self.net, x, y, self.log_prior.to(x.device), cfg.ce_weight, cfg.ce_temperature, self.amp)
-        else: loss = bpd = self.objective(self.net, x, y, self.amp); ce = torch.full_like(loss, float('nan'))
+        else: loss = bpd = self.plain_objective(self.own_net, x, y, self.amp); ce = torch.full_like(loss, float('nan'))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step {self.step + 1}: lower lr, or check the data")
         self.opt.zero_grad(set_to_none=True)
@@ -480,7 +492,8 @@ class Trainer:
         stats = torch.tensor([bpd.item(), ce.item(), float(stop), clock], device=loss.device)
         if self.world > 1: dist.all_reduce(stats)                         # mean loss over ranks; rank 0 decides to stop and keeps the clock
         self.loss, self.ce, self.stop, self.clock = stats[0].item() / self.world, stats[1].item() / self.world, stats[2].item() > 0, stats[3].item()
-        self.win_loss, self.win_ce, self.win_steps = self.win_loss + self.loss, self.win_ce + self.ce, self.win_steps + 1
+        self.win_loss, self.win_steps = self.win_loss + self.loss, self.win_steps + 1
+        if math.isfinite(self.ce): self.win_ce, self.win_ce_steps = self.win_ce + self.ce, self.win_ce_steps + 1
         self.win_images, self.win_time = self.win_images + b * self.world, self.win_time + time.perf_counter() - t
         return self.loss
 
@@ -515,7 +528,7 @@ class Trainer:
                 m = evaluate(self.eval_model, self.val_set, self.log_prior, batch_size=2 * self.cfg.batch_size)
             row = dict(epoch=round(self.epoch + self.pos / self.steps_per_epoch, 4), step=self.step, seconds=round(self.elapsed(), 1),
                        train_bpd=self.win_loss / self.win_steps if self.win_steps else float('nan'),
-                       **({'train_ce': self.win_ce / self.win_steps if self.win_steps else float('nan')} if self.cfg.ce_weight else {}), **m,
+                       **({'train_ce': self.win_ce / self.win_ce_steps if self.win_ce_steps else float('nan')} if self.cfg.ce_weight else {}), **m,
                        lr=self.sched.get_last_lr()[0], images_per_s=self.win_images / self.win_time if self.win_time else float('nan'))
             self.metrics.append(row)
             atomic_write(self.out / 'metrics.csv', lambda p: pd.DataFrame(self.metrics).to_csv(p, index=False))
