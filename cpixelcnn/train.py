@@ -68,6 +68,7 @@ class TrainConfig:
     ce_temperature: float = 1.0 # temperature T of that posterior, softmax((log p(x|k) + log p(k)) / T)
     ce_prefix_grad: float = 1.0 # share of the cross-entropy's gradient that reaches the label-independent part of the network (0: none)
     ce_start: float = 0.0 # share of the budget trained on bits/dim alone before the cross-entropy term is switched on (0: from the first step)
+    ce_ramp: float = 0.0 # share of the budget, after ce_start, over which the weight of the cross-entropy rises linearly from 0 to ce_weight (0: all at once)
     # optimization
     batch_size: int = 32 # global batch: split over DDP ranks
     lr: float = 2e-3 # peak learning rate of AdamW
@@ -119,6 +120,8 @@ class TrainConfig:
         need(self.ce_temperature > 0 and math.isfinite(self.ce_temperature), f"ce_temperature must be a finite number > 0, got {self.ce_temperature}")
         need(0 <= self.ce_prefix_grad <= 1, f"ce_prefix_grad must lie in [0, 1] (1: the whole gradient, 0: none), got {self.ce_prefix_grad}")
         need(0 <= self.ce_start < 1, f"ce_start must lie in [0, 1) (a share of the training budget), got {self.ce_start}")
+        need(self.ce_ramp >= 0 and self.ce_start + self.ce_ramp <= 1,
+             f"ce_ramp must be >= 0 with ce_start + ce_ramp <= 1 (shares of the training budget), got ce_start={self.ce_start}, ce_ramp={self.ce_ramp}")
         need(self.minutes is None or self.minutes > 0, f"minutes must be > 0 or None, got {self.minutes}")
         need(any(v is not None for v in (self.epochs, self.max_steps, self.minutes)),
              "epochs, max_steps and minutes are all None: set at least one, or training never ends")
@@ -428,6 +431,12 @@ class Trainer:
         "Whether the next step trains on the hybrid objective: ce_weight > 0 and ce_start of the budget spent"
         return bool(self.cfg.ce_weight) and self.progress() >= self.cfg.ce_start
 
+    def ce_weight_now(self):
+        "The weight of the cross-entropy for the next step: 0 before ce_start, rising linearly over ce_ramp, then ce_weight"
+        if not self.ce_on(): return 0.
+        cfg = self.cfg
+        return cfg.ce_weight * (min(1., (self.progress() - cfg.ce_start) / cfg.ce_ramp) if cfg.ce_ramp else 1.)
+
     def elapsed(self):
         "Seconds of training so far, across resumes"
         return self.seconds + (time.perf_counter() - self._t0 if hasattr(self, '_t0') else 0.)
@@ -476,7 +485,8 @@ class Trainer:
         if cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
         if self.ce_on():
-            loss, bpd, ce = self.objective(self.net, x, y, self.log_prior.to(x.device), cfg.ce_weight, cfg.ce_temperature, self.amp)
+            lam = torch.tensor(self.ce_weight_now(), device=x.device)   # a tensor: a compiled loss takes each new value without recompiling
+            loss, bpd, ce = self.objective(self.net, x, y, self.log_prior.to(x.device), lam, cfg.ce_temperature, self.amp)
         else: loss = bpd = self.plain_objective(self.own_net, x, y, self.amp); ce = torch.full_like(loss, float('nan'))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step {self.step + 1}: lower lr, or check the data")
