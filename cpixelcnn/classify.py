@@ -377,7 +377,7 @@ def hybrid_loss(net, # an `AllClassParams` (or its DDP wrapper)
                 x, # images (B, C, H, W) in [-1, 1]
                 y, # labels (B,)
                 log_prior, # log p(k) (K,), e.g. `log_prior(train_labels, K)`
-                ce_weight:float=1., # lambda: the weight of the cross-entropy term (0: plain bits/dim)
+                ce_weight:float|torch.Tensor=1., # lambda: the weight of the cross-entropy term (0: plain bits/dim); a 0-dim tensor keeps a compiled loss from recompiling when it changes
                 temperature:float=1., # T of the posterior softmax((log p(x|k) + log p(k)) / T)
                 amp:bool=False # bfloat16 autocast for the network (the likelihood stays float32)
                ):

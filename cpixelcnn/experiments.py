@@ -63,6 +63,10 @@ EXPERIMENTS = {
     'hybrid-head-2c-bf16-b16-w03-start05': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.5, **_B16),
     'hybrid-head-2c-bf16-b16-w03-start03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.3, **_B16),
     'hybrid-head-2c-bf16-b16-w05-start05': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, **_B16),
+    # the same with the weight of the cross-entropy raised linearly from 0 over a fifth of the budget (`ce_ramp`, 06_training), from 40% to 60%
+    'hybrid-head-2c-bf16-b16-w05-start04-ramp02': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.4, ce_ramp=0.2, **_B16),
+    # -w05-start05 with a shorter memory of the weights' average (EMA decay 0.995: about 200 steps instead of 1000)
+    'hybrid-head-2c-bf16-b16-w05-start05-ema995': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ema=0.995, **_B16),
     # a small discriminative CNN on the same images
     'cnn': None,
 }
