@@ -67,6 +67,11 @@ EXPERIMENTS = {
     'hybrid-head-2c-bf16-b16-w05-start04-ramp02': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.4, ce_ramp=0.2, **_B16),
     # -w05-start05 with a shorter memory of the weights' average (EMA decay 0.995: about 200 steps instead of 1000)
     'hybrid-head-2c-bf16-b16-w05-start05-ema995': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ema=0.995, **_B16),
+    # the cosine schedule run to its end by half-way, then the hybrid at a small constant learning rate (`ce_lr`, 06_training)
+    'hybrid-head-2c-bf16-b16-w05-start05-lr3e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=3e-5, **_B16),
+    'hybrid-head-2c-bf16-b16-w05-start08-lr3e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.8, ce_lr=3e-5, **_B16),
+    'hybrid-head-2c-bf16-b16-w05-start05-lr6e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=6e-5, **_B16),
+    'hybrid-head-2c-bf16-b16-w05-start05-lr1e-4cos': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=1e-4, ce_schedule='cosine', **_B16),
     # a small discriminative CNN on the same images
     'cnn': None,
 }

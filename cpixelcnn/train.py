@@ -69,6 +69,8 @@ class TrainConfig:
     ce_prefix_grad: float = 1.0 # share of the cross-entropy's gradient that reaches the label-independent part of the network (0: none)
     ce_start: float = 0.0 # share of the budget trained on bits/dim alone before the cross-entropy term is switched on (0: from the first step)
     ce_ramp: float = 0.0 # share of the budget, after ce_start, over which the weight of the cross-entropy rises linearly from 0 to ce_weight (0: all at once)
+    ce_lr: float = 0.0 # learning rate from ce_start on (0: the schedule goes on); > 0: the schedule runs its course by ce_start, then ce_schedule from this rate
+    ce_schedule: str = 'constant' # schedule of the hybrid phase when ce_lr > 0: 'constant' (ce_lr to the end) or 'cosine' (from ce_lr to 0 at the end of the budget)
     # optimization
     batch_size: int = 32 # global batch: split over DDP ranks
     lr: float = 2e-3 # peak learning rate of AdamW
@@ -122,6 +124,10 @@ class TrainConfig:
         need(0 <= self.ce_start < 1, f"ce_start must lie in [0, 1) (a share of the training budget), got {self.ce_start}")
         need(self.ce_ramp >= 0 and self.ce_start + self.ce_ramp <= 1,
              f"ce_ramp must be >= 0 with ce_start + ce_ramp <= 1 (shares of the training budget), got ce_start={self.ce_start}, ce_ramp={self.ce_ramp}")
+        need(self.ce_lr >= 0 and math.isfinite(self.ce_lr), f"ce_lr must be a finite number >= 0 (0: the schedule goes on), got {self.ce_lr}")
+        need(not self.ce_lr or self.ce_weight, f"ce_lr={self.ce_lr} sets the learning rate of the hybrid phase, but ce_weight is 0: set ce_weight > 0, or ce_lr = 0")
+        need(self.ce_schedule in ('constant', 'cosine'), f"ce_schedule must be 'constant' or 'cosine', got {self.ce_schedule!r}")
+        need(self.ce_schedule == 'constant' or self.ce_lr, f"ce_schedule={self.ce_schedule!r} schedules the hybrid phase's own rate: set ce_lr > 0")
         need(self.minutes is None or self.minutes > 0, f"minutes must be > 0 or None, got {self.minutes}")
         need(any(v is not None for v in (self.epochs, self.max_steps, self.minutes)),
              "epochs, max_steps and minutes are all None: set at least one, or training never ends")
@@ -178,9 +184,18 @@ def make_scheduler(opt, # the optimizer
                    total_steps:int|None=None, # length of the run in steps, for 'cosine'
                    progress=None # share of a time budget used (a function), for 'cosine'
                   ):
-    "LambdaLR that sets the learning rate to lr * lr_factor(step)"
-    return torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, schedule=cfg.schedule, lr_decay=cfg.lr_decay,
-                                                           warmup_steps=cfg.warmup_steps, total_steps=total_steps, progress=progress))
+    "LambdaLR that sets the learning rate to lr * lr_factor(step); with cfg.ce_lr, the schedule is squeezed into [0, ce_start) and cfg.ce_schedule from ce_lr fills the rest"
+    factor = partial(lr_factor, schedule=cfg.schedule, lr_decay=cfg.lr_decay, warmup_steps=cfg.warmup_steps)
+    if not cfg.ce_lr: return torch.optim.lr_scheduler.LambdaLR(opt, partial(factor, total_steps=total_steps, progress=progress))
+    s = cfg.ce_start
+    first = partial(factor, total_steps=total_steps and max(1, math.ceil(s * total_steps)), progress=progress and (lambda: progress() / s))
+    def two_phase(step):
+        "The schedule's factor before ce_start; from it on ce_lr / lr, annealed to 0 at the end for ce_schedule='cosine' (shares of the budget as `Trainer.progress` counts them)"
+        share = max(step / total_steps if total_steps else 0., progress() if progress else 0.)
+        if share < s: return first(step)
+        rest = 0.5 * (1 + math.cos(math.pi * min(1., (share - s) / (1 - s)))) if cfg.ce_schedule == 'cosine' else 1.
+        return cfg.ce_lr / cfg.lr * rest
+    return torch.optim.lr_scheduler.LambdaLR(opt, two_phase)
 
 # %% ../nbs/06_training.ipynb #e936b5e6
 class EMA:
