@@ -193,7 +193,7 @@ def make_scheduler(opt, # the optimizer
         "The schedule's factor before ce_start; from it on ce_lr / lr, annealed to 0 at the end for ce_schedule='cosine' (shares of the budget as `Trainer.progress` counts them)"
         share = max(step / total_steps if total_steps else 0., progress() if progress else 0.)
         if share < s: return first(step)
-        rest = 0.5 * (1 + math.cos(math.pi * min(1., (share - s) / (1 - s)))) if cfg.ce_schedule == 'cosine' else 1.
+        rest = lr_factor(0, 'cosine', progress=lambda: (share - s) / (1 - s)) if cfg.ce_schedule == 'cosine' else 1.
         return cfg.ce_lr / cfg.lr * rest
     return torch.optim.lr_scheduler.LambdaLR(opt, two_phase)
 
