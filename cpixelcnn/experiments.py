@@ -72,6 +72,9 @@ EXPERIMENTS = {
     'hybrid-head-2c-bf16-b16-w05-start08-lr3e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.8, ce_lr=3e-5, **_B16),
     'hybrid-head-2c-bf16-b16-w05-start05-lr6e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=6e-5, **_B16),
     'hybrid-head-2c-bf16-b16-w05-start05-lr1e-4cos': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=1e-4, ce_schedule='cosine', **_B16),
+    # -w05-start05's pull per nat of margin (lambda / T = 1/60) at a lower temperature: the cross-entropy saturates sooner on images already classified with room to spare
+    'hybrid-head-2c-bf16-b16-w015-t10-start05': dict(fusion='head', ce_weight=0.15, ce_temperature=10., ce_start=0.5, **_B16),
+    'hybrid-head-2c-bf16-b16-w005-t3-start05': dict(fusion='head', ce_weight=0.05, ce_temperature=3., ce_start=0.5, **_B16),
     # a small discriminative CNN on the same images
     'cnn': None,
 }
