@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'CHECKPOINT_FORMAT', 'RESUMABLE_FIELDS', 'bpd_loss', 'TrainConfig', 'decays', 'make_optimizer',
-           'lr_factor', 'make_scheduler', 'EMA', 'evaluate', 'load_data', 'rng_state', 'set_rng_state',
+           'lr_factor', 'make_scheduler', 'ce_phase_lr', 'EMA', 'evaluate', 'load_data', 'rng_state', 'set_rng_state',
            'defer_interrupt', 'dist_info', 'resolve_device', 'plot_curves', 'load_checkpoint', 'resume_config',
            'Trainer', 'default_run_dir', 'train', 'load_model']
 
@@ -71,6 +71,7 @@ class TrainConfig:
     ce_ramp: float = 0.0 # share of the budget, after ce_start, over which the weight of the cross-entropy rises linearly from 0 to ce_weight (0: all at once)
     ce_lr: float = 0.0 # learning rate from ce_start on (0: the schedule goes on); > 0: the schedule runs its course by ce_start, then ce_schedule from this rate
     ce_schedule: str = 'constant' # schedule of the hybrid phase when ce_lr > 0: 'constant' (ce_lr to the end) or 'cosine' (from ce_lr to 0 at the end of the budget)
+    ce_every: int = 0 # 0: each hybrid step minimizes bits/dim + ce_weight * CE with the one optimizer; k >= 2: every k-th step from ce_start trains the CE alone with an AdamW of its own at ce_lr, the others bits/dim alone on the unsqueezed schedule
     # optimization
     batch_size: int = 32 # global batch: split over DDP ranks
     lr: float = 2e-3 # peak learning rate of AdamW
@@ -128,6 +129,11 @@ class TrainConfig:
         need(not self.ce_lr or self.ce_weight, f"ce_lr={self.ce_lr} sets the learning rate of the hybrid phase, but ce_weight is 0: set ce_weight > 0, or ce_lr = 0")
         need(self.ce_schedule in ('constant', 'cosine'), f"ce_schedule must be 'constant' or 'cosine', got {self.ce_schedule!r}")
         need(self.ce_schedule == 'constant' or self.ce_lr, f"ce_schedule={self.ce_schedule!r} schedules the hybrid phase's own rate: set ce_lr > 0")
+        need(isinstance(self.ce_every, int) and not isinstance(self.ce_every, bool) and self.ce_every >= 0 and self.ce_every != 1,
+             f"ce_every must be 0 (one optimizer for the sum) or an integer >= 2 (every k-th step on the cross-entropy alone), got {self.ce_every!r}")
+        need(not self.ce_every or (self.ce_lr and not self.ce_ramp),
+             f"ce_every={self.ce_every} gives the cross-entropy an optimizer of its own: set its rate ce_lr > 0 (and ce_weight > 0), and ce_ramp = 0 "
+             f"(that optimizer makes the weight's size irrelevant), got ce_lr={self.ce_lr}, ce_ramp={self.ce_ramp}")
         need(self.minutes is None or self.minutes > 0, f"minutes must be > 0 or None, got {self.minutes}")
         need(any(v is not None for v in (self.epochs, self.max_steps, self.minutes)),
              "epochs, max_steps and minutes are all None: set at least one, or training never ends")
@@ -184,18 +190,23 @@ def make_scheduler(opt, # the optimizer
                    total_steps:int|None=None, # length of the run in steps, for 'cosine'
                    progress=None # share of a time budget used (a function), for 'cosine'
                   ):
-    "LambdaLR that sets the learning rate to lr * lr_factor(step); with cfg.ce_lr, the schedule is squeezed into [0, ce_start) and cfg.ce_schedule from ce_lr fills the rest"
+    "LambdaLR that sets the learning rate to lr * lr_factor(step); with cfg.ce_lr (and ce_every = 0), the schedule is squeezed into [0, ce_start) and cfg.ce_schedule from ce_lr fills the rest"
     factor = partial(lr_factor, schedule=cfg.schedule, lr_decay=cfg.lr_decay, warmup_steps=cfg.warmup_steps)
-    if not cfg.ce_lr: return torch.optim.lr_scheduler.LambdaLR(opt, partial(factor, total_steps=total_steps, progress=progress))
+    if not cfg.ce_lr or cfg.ce_every: return torch.optim.lr_scheduler.LambdaLR(opt, partial(factor, total_steps=total_steps, progress=progress))
     s = cfg.ce_start
     first = partial(factor, total_steps=total_steps and max(1, math.ceil(s * total_steps)), progress=progress and (lambda: progress() / s))
     def two_phase(step):
-        "The schedule's factor before ce_start; from it on ce_lr / lr, annealed to 0 at the end for ce_schedule='cosine' (shares of the budget as `Trainer.progress` counts them)"
+        "The schedule's factor before ce_start; from it on `ce_phase_lr` / lr (shares of the budget as `Trainer.progress` counts them)"
         share = max(step / total_steps if total_steps else 0., progress() if progress else 0.)
-        if share < s: return first(step)
-        rest = lr_factor(0, 'cosine', progress=lambda: (share - s) / (1 - s)) if cfg.ce_schedule == 'cosine' else 1.
-        return cfg.ce_lr / cfg.lr * rest
+        return first(step) if share < s else ce_phase_lr(cfg, share) / cfg.lr
     return torch.optim.lr_scheduler.LambdaLR(opt, two_phase)
+
+def ce_phase_lr(cfg:TrainConfig, # supplies ce_lr, ce_start and ce_schedule
+                share:float # share of the budget spent, >= ce_start
+               ):
+    "The hybrid phase's own learning rate: ce_lr, annealed to 0 at the end of the budget for ce_schedule='cosine'"
+    s = cfg.ce_start
+    return cfg.ce_lr * (lr_factor(0, 'cosine', progress=lambda: (share - s) / (1 - s)) if cfg.ce_schedule == 'cosine' else 1.)
 
 # %% ../nbs/06_training.ipynb #e936b5e6
 class EMA:
@@ -403,6 +414,7 @@ class Trainer:
         if cfg.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.seed + 1 + self.rank)                          # dropout noise: a stream per rank
         self.opt = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.ce_opt = make_optimizer(self.model, cfg.ce_lr, 0.) if cfg.ce_every else None   # the cross-entropy's own moments (ce_every)
         self.clock = 0.                                                       # rank 0's elapsed seconds, the same on every rank
         self.sched = make_scheduler(self.opt, cfg, self.total_steps(), self.time_used if cfg.minutes else None)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
@@ -446,6 +458,10 @@ class Trainer:
         "Whether the next step trains on the hybrid objective: ce_weight > 0 and ce_start of the budget spent"
         return bool(self.cfg.ce_weight) and self.progress() >= self.cfg.ce_start
 
+    def ce_step(self):
+        "Whether the next step trains the cross-entropy alone with its own optimizer: with ce_every = k, every k-th step once ce_on()"
+        return bool(self.cfg.ce_every) and self.ce_on() and (self.step + 1) % self.cfg.ce_every == 0
+
     def ce_weight_now(self):
         "The weight of the cross-entropy for the next step: 0 before ce_start, rising linearly over ce_ramp, then ce_weight"
         if not self.ce_on(): return 0.
@@ -472,6 +488,7 @@ class Trainer:
     def _restore(self, ck):
         "Load the state of checkpoint `ck` into this trainer"
         self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['optimizer']); self.sched.load_state_dict(ck['scheduler'])
+        if self.ce_opt is not None: self.ce_opt.load_state_dict(ck['ce_optimizer'])
         if self.ema is not None: self.ema.load_state_dict(ck['ema'])
         for k in ('epoch', 'step', 'pos', 'seconds', 'epoch_gen_state'): setattr(self, k, ck[k])
         self.clock = self.seconds
@@ -499,17 +516,21 @@ class Trainer:
         x, y = x[self.rank * b:(self.rank + 1) * b], y[self.rank * b:(self.rank + 1) * b]
         if cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        if self.ce_on():
+        opt = self.ce_opt if self.ce_step() else self.opt
+        if self.ce_on() and (not cfg.ce_every or opt is self.ce_opt):
             lam = torch.tensor(self.ce_weight_now(), device=x.device)   # a tensor: a compiled loss takes each new value without recompiling
             loss, bpd, ce = self.objective(self.net, x, y, self.log_prior.to(x.device), lam, cfg.ce_temperature, self.amp)
+            if opt is self.ce_opt:                                          # the cross-entropy alone, at its own rate
+                loss = ce
+                for g in opt.param_groups: g['lr'] = ce_phase_lr(cfg, self.progress())
         else: loss = bpd = self.plain_objective(self.own_net, x, y, self.amp); ce = torch.full_like(loss, float('nan'))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss is {loss.item()} at step {self.step + 1}: lower lr, or check the data")
-        self.opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf).item()
         with defer_interrupt():
-            self.opt.step(); self.sched.step()
+            opt.step(); self.sched.step()
             if self.ema is not None: self.ema.update(self.model)
             self.step, self.pos = self.step + 1, self.pos + 1
             self.snapshot = rng_state(self.data_gen, self.aug_gen)
@@ -570,6 +591,7 @@ class Trainer:
         return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), model_config=self.model.config(), classes=list(self.train_set.classes),
                     log_prior=self.log_prior, model=self.model.state_dict(), ema=None if self.ema is None else self.ema.state_dict(),
                     optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), rng=rng_states, epoch=self.epoch, step=self.step,
+                    ce_optimizer=None if self.ce_opt is None else self.ce_opt.state_dict(),
                     pos=self.pos, epoch_gen_state=self.epoch_gen_state, seconds=self.elapsed(), metrics=list(self.metrics),
                     world_size=self.world, torch_version=str(torch.__version__))
 
