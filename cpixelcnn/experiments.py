@@ -75,8 +75,9 @@ EXPERIMENTS = {
     # -w05-start05's pull per nat of margin (lambda / T = 1/60) at a lower temperature: the cross-entropy saturates sooner on images already classified with room to spare
     'hybrid-head-2c-bf16-b16-w015-t10-start05': dict(fusion='head', ce_weight=0.15, ce_temperature=10., ce_start=0.5, **_B16),
     'hybrid-head-2c-bf16-b16-w005-t3-start05': dict(fusion='head', ce_weight=0.05, ce_temperature=3., ce_start=0.5, **_B16),
-    # from half-way, every second step on the cross-entropy alone with an AdamW of its own (`ce_every`, 06_training), its rate annealed from 1e-3 to 0
+    # from half-way, every second step on the cross-entropy alone with an AdamW of its own (`ce_every`, 06_training), its rate annealed to 0 from 1e-3 or 2e-4
     'hybrid-head-2c-bf16-b16-start05-every2-lr1e-3cos': dict(fusion='head', ce_weight=1., ce_temperature=30., ce_start=0.5, ce_every=2, ce_lr=1e-3, ce_schedule='cosine', **_B16),
+    'hybrid-head-2c-bf16-b16-start05-every2-lr2e-4cos': dict(fusion='head', ce_weight=1., ce_temperature=30., ce_start=0.5, ce_every=2, ce_lr=2e-4, ce_schedule='cosine', **_B16),
     # a small discriminative CNN on the same images
     'cnn': None,
 }
