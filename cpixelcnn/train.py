@@ -69,7 +69,7 @@ class TrainConfig:
     ce_prefix_grad: float = 1.0 # share of the cross-entropy's gradient that reaches the label-independent part of the network (0: none)
     ce_start: float = 0.0 # share of the budget trained on bits/dim alone before the cross-entropy term is switched on (0: from the first step)
     ce_ramp: float = 0.0 # share of the budget, after ce_start, over which the weight of the cross-entropy rises linearly from 0 to ce_weight (0: all at once)
-    ce_lr: float = 0.0 # learning rate from ce_start on (0: the schedule goes on); > 0: the schedule runs its course by ce_start, then ce_schedule from this rate
+    ce_lr: float = 0.0 # learning rate from ce_start on (0: the schedule goes on); > 0: the schedule runs its course by ce_start, then ce_schedule from this rate (with ce_every: the rate of the cross-entropy's own optimizer)
     ce_schedule: str = 'constant' # schedule of the hybrid phase when ce_lr > 0: 'constant' (ce_lr to the end) or 'cosine' (from ce_lr to 0 at the end of the budget)
     ce_every: int = 0 # 0: each hybrid step minimizes bits/dim + ce_weight * CE with the one optimizer; k >= 2: every k-th step from ce_start trains the CE alone with an AdamW of its own at ce_lr, the others bits/dim alone on the unsqueezed schedule
     # optimization
