@@ -516,11 +516,12 @@ class Trainer:
         x, y = x[self.rank * b:(self.rank + 1) * b], y[self.rank * b:(self.rank + 1) * b]
         if cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        opt = self.ce_opt if self.ce_step() else self.opt
-        if self.ce_on() and (not cfg.ce_every or opt is self.ce_opt):
+        ce_alone = self.ce_step()                                       # ce_every: the cross-entropy alone, with its own optimizer
+        opt = self.ce_opt if ce_alone else self.opt
+        if ce_alone or (self.ce_on() and not cfg.ce_every):
             lam = torch.tensor(self.ce_weight_now(), device=x.device)   # a tensor: a compiled loss takes each new value without recompiling
             loss, bpd, ce = self.objective(self.net, x, y, self.log_prior.to(x.device), lam, cfg.ce_temperature, self.amp)
-            if opt is self.ce_opt:                                          # the cross-entropy alone, at its own rate
+            if ce_alone:
                 loss = ce
                 for g in opt.param_groups: g['lr'] = ce_phase_lr(cfg, self.progress())
         else: loss = bpd = self.plain_objective(self.own_net, x, y, self.amp); ce = torch.full_like(loss, float('nan'))
