@@ -121,7 +121,7 @@ def train_cnn(cfg:TrainConfig, # supplies data, image_size, val_frac, seed, batc
         if out_of_budget() or (cfg.eval_every and epoch % cfg.eval_every == 0):
             model.eval()
             with torch.no_grad(): logits = torch.cat([model(x) for x, _ in batches(val_set, 256)])
-            rows.append(dict(epoch=epoch, step=step, seconds=round(seconds, 1), val_accuracy=accuracy(logits, val_set.y),
+            rows.append(dict(epoch=epoch, step=step, seconds=round(seconds, 3), val_accuracy=accuracy(logits, val_set.y),
                              val_nll=F.cross_entropy(logits, val_set.y).item()))
             if log: log(f"cnn epoch {epoch} step {step}: val accuracy {rows[-1]['val_accuracy']:.3f}, {seconds:.0f} s")
     return model.eval(), rows
@@ -239,7 +239,7 @@ def run_experiment(name:str, # a key of EXPERIMENTS
             model, curves = train_cnn(cfg, log=None)
             final, table = analyse_cnn(model, load_data(cfg)[1])
             steps = curves[-1]['step'] if curves else 0
-            images_per_s = steps * cfg.batch_size / curves[-1]['seconds'] if curves else float('nan')
+            images_per_s = steps * cfg.batch_size / curves[-1]['seconds'] if curves and curves[-1]['seconds'] > 0 else float('nan')
         else:
             trainer = train(cfg, out)
             curves, steps = trainer.metrics, trainer.step
@@ -255,7 +255,7 @@ def run_experiment(name:str, # a key of EXPERIMENTS
     with locked(results):
         merge_rows(results / 'experiments.csv', [row], ('experiment', 'minutes', 'seed'))
         merge_rows(results / 'curves.csv', [dict(experiment=name, minutes=minutes, seed=seed, **r) for r in curves],
-                   ('experiment', 'minutes', 'seed', 'step'))
+                   ('experiment', 'minutes', 'seed'))   # the whole curve: a repeated run may evaluate at other steps
         if seed == 0:
             atomic_write(results / f'val_{name}-{minutes:g}min.csv', lambda p: table.to_csv(p, index=False))
             if (out / 'samples.png').exists(): shutil.copyfile(out / 'samples.png', results / f'samples_{name}-{minutes:g}min.png')
