@@ -35,7 +35,7 @@ EXPERIMENTS = {
     'middle-2-80-5': dict(fusion='middle', nr_resnet=2, nr_filters=80, nr_logistic_mix=5),
     # the hybrid objective (08_classification)
     'hybrid': dict(fusion='late', ce_weight=0.3, ce_temperature=30.),
-    # the same two with the learning rate annealed to 0 over the time budget (06_training)
+    # the same two with the learning rate annealed to 0 over the time budget (09_training)
     'middle-cosine': dict(fusion='middle', schedule='cosine'),
     'hybrid-cosine': dict(fusion='late', ce_weight=0.3, ce_temperature=30., schedule='cosine'),
     # the hybrid with a per-class output layer (`head` fusion, 04_model), at two weights of the cross-entropy
@@ -48,7 +48,7 @@ EXPERIMENTS = {
     'middle-cosine-2c': dict(fusion='middle', schedule='cosine', threads=2),
     'hybrid-head-2c': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
     'hybrid-middle-2c': dict(fusion='middle', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
-    # the same two with the network in bfloat16 (`cpu_amp`, 06_training): about 1.4 times the steps on this CPU
+    # the same two with the network in bfloat16 (`cpu_amp`, 09_training): about 1.4 times the steps on this CPU
     'middle-cosine-2c-bf16': dict(fusion='middle', schedule='cosine', cpu_amp=True, threads=2),
     'hybrid-head-2c-bf16': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', cpu_amp=True, threads=2),
     # the same in batches of 16 with the loss compiled (`compile`), evaluated every second epoch: about twice the steps of -2c-bf16;
@@ -59,15 +59,15 @@ EXPERIMENTS = {
     'hybrid-head-2c-bf16-b16-w02': dict(fusion='head', ce_weight=0.2, ce_temperature=30., **_B16),
     'hybrid-head-2c-bf16-b16-w03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., **_B16),
     'hybrid-head-2c-bf16-b16-t10': dict(fusion='head', ce_weight=0.1, ce_temperature=10., **_B16),
-    # the head-fusion hybrid with the first half (or 30%) of the budget on bits/dim alone (`ce_start`, 06_training), at lambda = 0.3 and 0.5
+    # the head-fusion hybrid with the first half (or 30%) of the budget on bits/dim alone (`ce_start`, 09_training), at lambda = 0.3 and 0.5
     'hybrid-head-2c-bf16-b16-w03-start05': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.5, **_B16),
     'hybrid-head-2c-bf16-b16-w03-start03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.3, **_B16),
     'hybrid-head-2c-bf16-b16-w05-start05': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, **_B16),
-    # the same with the weight of the cross-entropy raised linearly from 0 over a fifth of the budget (`ce_ramp`, 06_training), from 40% to 60%
+    # the same with the weight of the cross-entropy raised linearly from 0 over a fifth of the budget (`ce_ramp`, 09_training), from 40% to 60%
     'hybrid-head-2c-bf16-b16-w05-start04-ramp02': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.4, ce_ramp=0.2, **_B16),
     # -w05-start05 with a shorter memory of the weights' average (EMA decay 0.995: about 200 steps instead of 1000)
     'hybrid-head-2c-bf16-b16-w05-start05-ema995': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ema=0.995, **_B16),
-    # the cosine schedule run to its end by half-way, then the hybrid at a small constant learning rate (`ce_lr`, 06_training)
+    # the cosine schedule run to its end by half-way, then the hybrid at a small constant learning rate (`ce_lr`, 09_training)
     'hybrid-head-2c-bf16-b16-w05-start05-lr3e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=3e-5, **_B16),
     'hybrid-head-2c-bf16-b16-w05-start08-lr3e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.8, ce_lr=3e-5, **_B16),
     'hybrid-head-2c-bf16-b16-w05-start05-lr6e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=6e-5, **_B16),
@@ -75,7 +75,7 @@ EXPERIMENTS = {
     # -w05-start05's pull per nat of margin (lambda / T = 1/60) at a lower temperature: the cross-entropy saturates sooner on images already classified with room to spare
     'hybrid-head-2c-bf16-b16-w015-t10-start05': dict(fusion='head', ce_weight=0.15, ce_temperature=10., ce_start=0.5, **_B16),
     'hybrid-head-2c-bf16-b16-w005-t3-start05': dict(fusion='head', ce_weight=0.05, ce_temperature=3., ce_start=0.5, **_B16),
-    # from half-way, every second step on the cross-entropy alone with an AdamW of its own (`ce_every`, 06_training), its rate annealed to 0 from 1e-3 or 2e-4
+    # from half-way, every second step on the cross-entropy alone with an AdamW of its own (`ce_every`, 09_training), its rate annealed to 0 from 1e-3 or 2e-4
     'hybrid-head-2c-bf16-b16-start05-every2-lr1e-3cos': dict(fusion='head', ce_weight=1., ce_temperature=30., ce_start=0.5, ce_every=2, ce_lr=1e-3, ce_schedule='cosine', **_B16),
     'hybrid-head-2c-bf16-b16-start05-every2-lr2e-4cos': dict(fusion='head', ce_weight=1., ce_temperature=30., ce_start=0.5, ce_every=2, ce_lr=2e-4, ce_schedule='cosine', **_B16),
     # a small discriminative CNN on the same images
