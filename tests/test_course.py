@@ -1,0 +1,176 @@
+"""The course and its front page: lessons 00-09 read as lessons (forward-only, short, small cells, a closing summary and
+exercises with solutions), and README.md is index.ipynb's text, with every figure taken from saved results.
+
+`python tests/test_course.py` rewrites the generated tables in nbs/index.ipynb and README.md from the notebooks and
+nbs/results; the tests below fail whenever either has drifted."""
+import json, re, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / 'nbs'
+MAX_MINUTES, MAX_CELL_LINES, MAX_README_WORDS = 40, 80, 900
+LESSONS = sorted(NBS.glob('0[0-9]_*.ipynb'))
+
+def cells(path):
+    "(cell_type, source) of every cell of a notebook"
+    return [(c['cell_type'], ''.join(c['source'])) for c in json.loads(Path(path).read_text())['cells']]
+
+def code_lines(src):
+    "The lines of a code cell that a reader reads: not blank, not an nbdev directive"
+    return [l for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#|')]
+
+def headings(path):
+    return [l.strip() for t, s in cells(path) if t == 'markdown' for l in s.splitlines() if l.startswith('#')]
+
+def reading_minutes(path):
+    "Markdown words / 200 + code lines / 15"
+    cs = cells(path)
+    words = sum(len(s.split()) for t, s in cs if t == 'markdown')
+    loc = sum(len(code_lines(s)) for t, s in cs if t == 'code')
+    return words / 200 + loc / 15
+
+def exported_module(path):
+    m = re.search(r'#\|\s*default_exp\s+(\S+)', '\n'.join(s for t, s in cells(path) if t == 'code'))
+    return m and m.group(1)
+
+def imported_modules(path):
+    src = '\n'.join(s for t, s in cells(path) if t == 'code')
+    return {a or b for a, b in re.findall(r'from\s+cpixelcnn\.(\w+)\s+import|import\s+cpixelcnn\.(\w+)', src)}
+
+def title(path):
+    "The lesson's title: its first markdown heading"
+    return next(l[2:].strip() for l in headings(path) if l.startswith('# '))
+
+# ---- lessons ---------------------------------------------------------------------------------------------------------
+
+def test_ten_lessons():
+    assert [p.name[:2] for p in LESSONS] == [f'{i:02d}' for i in range(10)], [p.name for p in LESSONS]
+
+@pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
+def test_lesson_is_forward_only(nb):
+    order = {exported_module(p): int(p.name[:2]) for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')) if exported_module(p)}
+    later = sorted(m for m in imported_modules(nb) if order.get(m, -1) > int(nb.name[:2]))
+    assert not later, f"{nb.name} imports {later}, built only in later notebooks"
+
+@pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
+def test_lesson_length(nb):
+    assert reading_minutes(nb) <= MAX_MINUTES, f"{nb.name} reads in {reading_minutes(nb):.1f} minutes (at most {MAX_MINUTES})"
+    big = max((len(code_lines(s)), s.splitlines()[0] if s else '') for t, s in cells(nb) if t == 'code')
+    assert big[0] <= MAX_CELL_LINES, f"{nb.name} has a {big[0]}-line code cell (at most {MAX_CELL_LINES}), starting {big[1]!r}"
+
+@pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
+def test_lesson_ends_with_summary_and_exercises(nb):
+    hs = [h.lower() for h in headings(nb)]
+    h2 = [h for h in hs if h.startswith('## ')]
+    for name in ('what you built', 'exercises', 'solutions'):
+        assert any(name in h for h in h2), f"{nb.name} has no '## {name.capitalize()}' section"
+    assert h2.index(next(h for h in h2 if 'what you built' in h)) < h2.index(next(h for h in h2 if 'exercises' in h)) \
+        < h2.index(next(h for h in h2 if 'solutions' in h)), f"{nb.name}: the order must be What you built, Exercises, Solutions"
+    n = sum(h.startswith('### exercise') for h in hs)
+    assert 2 <= n <= 4, f"{nb.name} has {n} '### Exercise' headings (2-4 wanted)"
+
+@pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
+def test_exercises_have_checks_and_solutions(nb):
+    "Every exercise has a learner cell that tests skip and a check; the Solutions section runs code that calls the checks"
+    cs = cells(nb)
+    ex = next(i for i, (t, s) in enumerate(cs) if t == 'markdown' and re.search(r'^##\s+Exercises', s, re.M | re.I))
+    sol = next(i for i, (t, s) in enumerate(cs) if t == 'markdown' and re.search(r'^##\s+Solutions', s, re.M | re.I))
+    learner = [s for t, s in cs[ex:sol] if t == 'code' and re.search(r'^#\|\s*eval:\s*false', s, re.M)]
+    checks = set(re.findall(r'def\s+(check\w*)\s*\(', '\n'.join(s for t, s in cs[ex:sol] if t == 'code')))
+    assert checks, f"{nb.name}: the exercises define no check function (def check_...)"
+    assert learner, f"{nb.name}: no learner cell (marked '#| eval: false') among the exercises"
+    solved = '\n'.join(s for t, s in cs[sol:] if t == 'code' and not re.search(r'^#\|\s*eval:\s*false', s, re.M))
+    unsolved = sorted(c for c in checks if not re.search(rf'\b{c}\s*\(', solved))
+    assert not unsolved, f"{nb.name}: the Solutions section never runs {unsolved}"
+    assert 'test_fail' in solved or 'raises' in solved, f"{nb.name}: no solution shows a wrong answer failing its check"
+
+def test_lessons_open_with_what_you_build():
+    "After the title, the first paragraph says what the lesson builds"
+    missing = []
+    for nb in LESSONS:
+        md = [s for t, s in cells(nb) if t == 'markdown']
+        opening = ' '.join(md[:3]).lower()
+        if not re.search(r'you will build|you build|you will|in this lesson', opening): missing.append(nb.name)
+    assert not missing, f"these lessons do not open with what the learner builds: {missing}"
+
+# ---- the front page --------------------------------------------------------------------------------------------------
+
+APPENDIX_MIN = 10
+RESULTS = [  # (what, experiment, seeds): rows of the results table, all at 20 minutes
+    ('plain likelihood, middle fusion, batches of 32, 1 core', 'middle', '0 1 2'),
+    ('plain likelihood, head fusion, batches of 16, both cores, bfloat16', 'head-cosine-2c-bf16-b16', '0 1 2'),
+    ('**hybrid recipe**: head fusion, cross-entropy weight 0.5 at T = 30 from half-way', 'hybrid-head-2c-bf16-b16-w05-start05', '0 1 2'),
+    ('small discriminative CNN (94k parameters)', 'cnn', '0'),
+]
+
+def course_table():
+    rows = []
+    for nb in LESSONS:
+        built = title(nb)
+        rows.append(f"| [{nb.name[:2]} {built}]({nb.name}) | `cpixelcnn.{exported_module(nb)}` | {reading_minutes(nb):.0f} |")
+    return '\n'.join(rows)
+
+def results_table():
+    r = pd.read_csv(NBS / 'results' / 'experiments.csv').query('minutes == 20')
+    lines = ['| run (20 minutes, 2-core CPU) | seeds | val bits/dim | accuracy | command |', '|---|---|---|---|---|']
+    for what, name, seeds in RESULTS:
+        g = r[r.experiment == name]
+        assert len(g) == len(seeds.split()), f"experiments.csv has {len(g)} rows of {name} at 20 minutes, the table says seeds {seeds}"
+        bpd = '-' if g.val_bpd.isna().all() else f"{g.val_bpd.mean():.2f}"
+        acc = f"{g.accuracy.mean():.2f}" + (f" ({g.accuracy.min():.2f}-{g.accuracy.max():.2f})" if len(g) > 1 else '')
+        lines.append(f"| {what} | {len(g)} | {bpd} | {acc} | `python -m cpixelcnn.experiments {name} --minutes 20 --seeds {seeds}` |")
+    return '\n'.join(lines)
+
+TEMPLATE = NBS / 'index.ipynb'
+MARK = re.compile(r'(<!-- (course|results) table -->\n)(?:[^<]*?\n)?(<!-- end -->)', re.S)
+
+def fill(md):
+    "index markdown with its generated tables rewritten"
+    tables = dict(course='| lesson | module | minutes |\n|---|---|---|\n' + course_table(), results=results_table())
+    return MARK.sub(lambda m: m.group(1) + tables[m.group(2)] + '\n' + m.group(3), md)
+
+def index_markdown():
+    return [s for t, s in cells(TEMPLATE) if t == 'markdown']
+
+def readme_from_index(md_cells):
+    "README.md: the index's markdown, relative links pointing into nbs/"
+    text = '\n\n'.join(md_cells) + '\n'
+    return re.sub(r'\]\((?!https?:|#|/)([^)]+)\)', r'](nbs/\1)', text)
+
+def test_index_tables_are_current():
+    md = '\n\n'.join(index_markdown())
+    assert MARK.search(md), "index.ipynb lost its generated-table markers"
+    assert fill(md) == md, "the course or results table in index.ipynb is stale: run `python tests/test_course.py`"
+
+def test_readme_is_the_index():
+    assert (ROOT / 'README.md').read_text() == readme_from_index(index_markdown()), \
+        "README.md differs from nbs/index.ipynb's text: run `python tests/test_course.py`"
+
+def test_readme_length():
+    text = re.sub(r'<!--.*?-->', '', (ROOT / 'README.md').read_text())
+    n = len(text.split())
+    assert n <= MAX_README_WORDS, f"README.md has {n} words (at most {MAX_README_WORDS})"
+
+def test_readme_commands_exist():
+    "Every experiment the README quotes is one `python -m cpixelcnn.experiments` knows, and the two set-up commands are there"
+    from cpixelcnn.experiments import EXPERIMENTS
+    text = (ROOT / 'README.md').read_text()
+    for name in re.findall(r'cpixelcnn\.experiments (\S+)', text): assert name in EXPERIMENTS, name
+    assert 'pip install -e . && cpixelcnn_train' in text and 'pip install -e ".[dev]" && pytest -n 2' in text
+    for nb in re.findall(r'\]\(nbs/([^)#]+\.ipynb)\)', text): assert (NBS / nb).exists(), nb
+
+def write():
+    "Rewrite index.ipynb's generated tables, then README.md from it"
+    nb = json.loads(TEMPLATE.read_text())
+    for c in nb['cells']:
+        if c['cell_type'] == 'markdown':
+            new = fill(''.join(c['source']))
+            c['source'] = new.splitlines(keepends=True)
+    TEMPLATE.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
+    (ROOT / 'README.md').write_text(readme_from_index(index_markdown()))
+
+if __name__ == '__main__':
+    write(); print('wrote nbs/index.ipynb tables and README.md')
