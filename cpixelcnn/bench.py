@@ -12,7 +12,7 @@ from statistics import median
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .model import FUSIONS, ConditionalPixelCNN
+from .model import FUSIONS, ConditionalPixelCNN, cpu_bf16_fast, cpu_capability
 from .mixture import dmol_log_prob
 from .classify import benchmark_classification
 from .sampling import benchmark_sampling
@@ -54,7 +54,7 @@ def throughput(model:ConditionalPixelCNN, # the network
                train:bool=True, # a training step (forward, backward, AdamW) or an evaluation pass
                repeats:int=5, # timed steps; the medians count
                compile:bool=False, # also time, alternately, the compiled loss (training) or frozen scoring function (evaluation)
-               amp:bool=False # run the network under bfloat16 autocast (the likelihood stays float32), as `TrainConfig(cpu_amp=True)`
+               amp:bool=False # run the network under bfloat16 autocast (the likelihood stays float32), as `TrainConfig(amp='bfloat16')`
               ):
     "Images/s, achieved GFLOP/s, roofline fraction (over the matmul rate measured before each step) and the convolutions' own fraction, of training steps or evaluation passes"
     g = torch.Generator().manual_seed(0)
@@ -112,6 +112,7 @@ def run(quick:bool=False, # fewer repeats, naive sampler timed on one row and ex
     r = dict(threads=torch.get_num_threads(), device='cpu')
     def put(k, v): r[k] = v; out(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     put('threads', r['threads'])
+    put('cpu_capability', cpu_capability()); put('cpu_bf16_fast', cpu_bf16_fast())   # what the figures below depend on
     reps = 3 if quick else 10
     put('matmul_gflops', matmul_gflops(repeats=reps))
     if bf16: put('matmul_bf16_gflops', matmul_gflops(repeats=reps, dtype=torch.bfloat16))

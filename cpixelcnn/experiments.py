@@ -20,10 +20,11 @@ from .classify import class_log_likelihoods, posterior
 from .data import atomic_write, augment, batches, shared_data_dir
 from .mixture import bits_per_dim
 from .metrics import accuracy, confusion_matrix, expected_calibration_error, fit_temperature
+from .model import cpu_bf16_fast, cpu_capability
 from .train import TrainConfig, load_data, train
 
 # %% ../nbs/10_experiments.ipynb #ee63203a
-_B16 = dict(schedule='cosine', cpu_amp=True, batch_size=16, compile=True, eval_every=2, threads=2)   # the settings shared by the -b16 runs
+_B16 = dict(schedule='cosine', amp='bfloat16', batch_size=16, compile=True, eval_every=2, threads=2)   # the settings shared by the -b16 runs
 EXPERIMENTS = {
     # where the label enters (plain likelihood training)
     'early': dict(fusion='early'),
@@ -48,9 +49,9 @@ EXPERIMENTS = {
     'middle-cosine-2c': dict(fusion='middle', schedule='cosine', threads=2),
     'hybrid-head-2c': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
     'hybrid-middle-2c': dict(fusion='middle', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
-    # the same two with the network in bfloat16 (`cpu_amp`, 09_training): about 1.4 times the steps on this CPU
-    'middle-cosine-2c-bf16': dict(fusion='middle', schedule='cosine', cpu_amp=True, threads=2),
-    'hybrid-head-2c-bf16': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', cpu_amp=True, threads=2),
+    # the same two with the network in bfloat16 (`amp='bfloat16'`, 09_training): about 1.4 times the steps on this CPU
+    'middle-cosine-2c-bf16': dict(fusion='middle', schedule='cosine', amp='bfloat16', threads=2),
+    'hybrid-head-2c-bf16': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', amp='bfloat16', threads=2),
     # the same in batches of 16 with the loss compiled (`compile`), evaluated every second epoch: about twice the steps of -2c-bf16;
     # plain middle and head fusion, and the head-fusion hybrid at lambda = 0.1, 0.2 and 0.3, and at lambda = 0.1 with T = 10
     'middle-cosine-2c-bf16-b16': dict(fusion='middle', **_B16),
@@ -63,21 +64,11 @@ EXPERIMENTS = {
     'hybrid-head-2c-bf16-b16-w03-start05': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.5, **_B16),
     'hybrid-head-2c-bf16-b16-w03-start03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.3, **_B16),
     'hybrid-head-2c-bf16-b16-w05-start05': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, **_B16),
-    # the same with the weight of the cross-entropy raised linearly from 0 over a fifth of the budget (`ce_ramp`, 09_training), from 40% to 60%
-    'hybrid-head-2c-bf16-b16-w05-start04-ramp02': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.4, ce_ramp=0.2, **_B16),
     # -w05-start05 with a shorter memory of the weights' average (EMA decay 0.995: about 200 steps instead of 1000)
     'hybrid-head-2c-bf16-b16-w05-start05-ema995': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ema=0.995, **_B16),
-    # the cosine schedule run to its end by half-way, then the hybrid at a small constant learning rate (`ce_lr`, 09_training)
-    'hybrid-head-2c-bf16-b16-w05-start05-lr3e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=3e-5, **_B16),
-    'hybrid-head-2c-bf16-b16-w05-start08-lr3e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.8, ce_lr=3e-5, **_B16),
-    'hybrid-head-2c-bf16-b16-w05-start05-lr6e-5': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=6e-5, **_B16),
-    'hybrid-head-2c-bf16-b16-w05-start05-lr1e-4cos': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, ce_lr=1e-4, ce_schedule='cosine', **_B16),
     # -w05-start05's pull per nat of margin (lambda / T = 1/60) at a lower temperature: the cross-entropy saturates sooner on images already classified with room to spare
     'hybrid-head-2c-bf16-b16-w015-t10-start05': dict(fusion='head', ce_weight=0.15, ce_temperature=10., ce_start=0.5, **_B16),
     'hybrid-head-2c-bf16-b16-w005-t3-start05': dict(fusion='head', ce_weight=0.05, ce_temperature=3., ce_start=0.5, **_B16),
-    # from half-way, every second step on the cross-entropy alone with an AdamW of its own (`ce_every`, 09_training), its rate annealed to 0 from 1e-3 or 2e-4
-    'hybrid-head-2c-bf16-b16-start05-every2-lr1e-3cos': dict(fusion='head', ce_weight=1., ce_temperature=30., ce_start=0.5, ce_every=2, ce_lr=1e-3, ce_schedule='cosine', **_B16),
-    'hybrid-head-2c-bf16-b16-start05-every2-lr2e-4cos': dict(fusion='head', ce_weight=1., ce_temperature=30., ce_start=0.5, ce_every=2, ce_lr=2e-4, ce_schedule='cosine', **_B16),
     # a small discriminative CNN on the same images
     'cnn': None,
 }
@@ -230,7 +221,7 @@ def run_experiment(name:str, # a key of EXPERIMENTS
         if data is None: raise FileNotFoundError("the CPEN455 data (shared/data/cpen455) is not on this machine: pass data=<folder or dataset name>")
     spec = dict(EXPERIMENTS[name] or {})
     threads, caller_threads = spec.pop('threads', None), torch.get_num_threads()   # an experiment may pin its torch threads
-    cfg = TrainConfig(**{**dict(data=str(data), minutes=minutes, epochs=None, seed=seed, progress=False,
+    cfg = TrainConfig(**{**dict(data=str(data), minutes=minutes, epochs=None, seed=seed,
                                 n_samples_per_class=8 if seed == 0 else 0), **spec, **overrides})
     out, results = Path(runs_dir) / f'{name}-{minutes:g}min-s{seed}', Path(results_dir)
     if threads: torch.set_num_threads(threads)
@@ -245,11 +236,12 @@ def run_experiment(name:str, # a key of EXPERIMENTS
             curves, steps = trainer.metrics, trainer.step
             final, table = analyse_generative(trainer.eval_model, trainer.val_set, trainer.log_prior)
             images_per_s = pd.DataFrame(curves).images_per_s.mean()
-        machine = machine_info()
+        machine, capability, bf16_units = machine_info(), cpu_capability(), cpu_bf16_fast()
     finally: torch.set_num_threads(caller_threads)
     extra = ' '.join(f'--{k} {v}' for k, v in overrides.items())
     row = dict(experiment=name, seed=seed, minutes=minutes, steps=steps, images_per_s=round(images_per_s, 2),
-               **{k: round(v, 5) for k, v in final.items()}, machine=machine, data=Path(str(data)).name,
+               **{k: round(v, 5) for k, v in final.items()}, machine=machine, cpu_capability=capability, cpu_bf16_fast=bf16_units,
+               data=Path(str(data)).name,
                command=f"python -m cpixelcnn.experiments {name} --minutes {minutes:g} --seeds {seed} {extra}".strip(),
                finished=time.strftime('%Y-%m-%d %H:%M'))
     with locked(results):

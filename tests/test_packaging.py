@@ -50,3 +50,22 @@ def test_dev_changes_no_user_package():
     plain = {norm(Requirement(r).name) for r in metadata.requires('cpixelcnn') if 'extra ==' not in r}
     dev = [Requirement(r) for r in metadata.requires('cpixelcnn') if re.search(r'extra\s*==\s*"dev"', r)]
     assert not {norm(r.name) for r in dev} & plain, "a [dev] requirement re-pins a package of the plain install"
+
+def test_library_imports_only_what_a_plain_install_has(tmp_path):
+    "Every module imports with the packages outside a plain install's dependencies blocked (nbdev, fastcore, IPython, ...)"
+    import subprocess, sys
+    allowed = sorted(closure() | {'cpixelcnn'})
+    check = f'''
+import sys, importlib.abc, importlib.metadata as md, pkgutil, re
+allowed = {allowed!r}
+owner = {{m: {{re.sub(r"[-_.]+", "-", d).lower() for d in ds}} for m, ds in md.packages_distributions().items()}}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.split('.')[0]
+        if top in owner and not owner[top] & set(allowed): raise ImportError(f"{{name}} (from {{sorted(owner[top])}}) is not a dependency of a plain install")
+sys.meta_path.insert(0, Block())
+import cpixelcnn
+for m in pkgutil.iter_modules(cpixelcnn.__path__): __import__(f"cpixelcnn.{{m.name}}")
+'''
+    r = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -1,0 +1,154 @@
+"""The four console scripts as a user meets them: each installed script runs in a subprocess, on a real tiny run in a temporary
+folder, and must exit 0 on success with nothing dumped on standard error, print where its outputs went, and fail with one line.
+The options (--version, --help, usage errors, a missing checkpoint) are checked on the scripts' main functions in this process,
+and once each through an installed script, as starting a script costs seconds of imports."""
+import json, os, re, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+import cpixelcnn
+from cpixelcnn import cli
+
+BIN = Path(sys.executable).parent                                  # pip installs the scripts next to the interpreter
+SCRIPTS = ['cpixelcnn_train', 'cpixelcnn_sample', 'cpixelcnn_classify', 'cpixelcnn_eval']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}
+TINY = ['--image_size', '8', '--nr_filters', '8', '--nr_logistic_mix', '2', '--max_train', '64', '--max_val', '32',
+        '--batch_size', '16', '--epochs', '1', '--n_samples_per_class', '1']
+SHAPES = ['disc', 'square', 'stripes', 'cross']                    # the built-in data set's classes
+
+
+def run(name, *args, timeout=300, cwd=None):
+    "Run the installed console script `name` with `args`; the CompletedProcess (text)"
+    exe = BIN / name
+    if not exe.exists(): pytest.skip(f"{name} is not installed next to {sys.executable}: pip install -e .")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd)
+
+
+def assert_clean(name, r):
+    "Exit status 0, and standard error holds at most one-line warnings of the script: no traceback, tensor, table or dict"
+    assert r.returncode == 0, f"{name} exited {r.returncode}:\n{r.stderr[-3000:]}"
+    for bad in ('Traceback', 'tensor(', 'dtype=', 'rows x', "{'"):
+        assert bad not in r.stderr, f"{name} wrote {bad!r} to stderr:\n{r.stderr[-3000:]}"
+    others = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith(f"{name}: warning: ")]
+    assert not others, f"{name} wrote to stderr:\n" + '\n'.join(others[:20])
+
+
+def assert_one_error_line(name, r, status):
+    "Exit `status` and exactly one line `name: error: ...` on standard error"
+    lines = r.stderr.splitlines()
+    assert r.returncode == status, (r.returncode, r.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith(f"{name}: error: "), r.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "A tiny run of cpixelcnn_train on the built-in shapes: (run folder, CompletedProcess)"
+    out = tmp_path_factory.mktemp('cli') / 'run'
+    return out, run('cpixelcnn_train', *TINY, '--out', out)
+
+
+def test_train(trained):
+    out, r = trained
+    assert_clean('cpixelcnn_train', r)
+    assert str(out) in r.stdout, r.stdout                           # says where the outputs went
+    assert {'checkpoint.pt', 'metrics.csv', 'config.json'} <= {p.name for p in out.iterdir()}
+
+
+def test_sample(trained, tmp_path):
+    run_dir, _ = trained
+    r = run('cpixelcnn_sample', '--checkpoint', run_dir, '--n_per_class', 2, '--out', tmp_path / 's')
+    assert_clean('cpixelcnn_sample', r)
+    assert str(tmp_path / 's') in r.stdout, r.stdout
+    assert (tmp_path / 's/samples.png').is_file()
+    for c in SHAPES:                                                # the model's own class names and image size
+        assert sorted(p.name for p in (tmp_path / 's' / c).iterdir()) == ['00000.png', '00001.png'], c
+    from PIL import Image
+    assert Image.open(tmp_path / 's/disc/00000.png').size == (8, 8)
+
+
+def test_classify(trained, tmp_path):
+    run_dir, _ = trained
+    r = run('cpixelcnn_classify', '--checkpoint', run_dir, '--data', 'builtin', '--split', 'test', '--out', tmp_path / 'p.csv')
+    assert_clean('cpixelcnn_classify', r)
+    assert str(tmp_path / 'p.csv') in r.stdout and 'accuracy' in r.stdout, r.stdout
+    lines = (tmp_path / 'p.csv').read_text().splitlines()
+    assert len(lines) > 0 and all(re.fullmatch(r'.+,[0-3]', l) for l in lines), lines[:3]
+
+
+def test_eval(trained, tmp_path):
+    run_dir, _ = trained
+    r = run('cpixelcnn_eval', '--checkpoint', run_dir, '--out', tmp_path / 'm.json')
+    assert_clean('cpixelcnn_eval', r)
+    assert 'bpd:' in r.stdout and str(tmp_path / 'm.json') in r.stdout, r.stdout
+    m = json.loads((tmp_path / 'm.json').read_text())
+    assert 0 < m['bpd'] < 20 and 0 <= m['accuracy'] <= 1, m
+
+
+def call(name, args, capsys):
+    "Run the console script `name`'s main function in this process (cheaper than a subprocess): (exit status, stdout, stderr)"
+    main = getattr(cli, name.removeprefix('cpixelcnn_') + '_main')
+    try: main([str(a) for a in args]); code = 0
+    except SystemExit as e: code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_version(name, capsys):
+    r = call(name, ['--version'], capsys)
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, f"{name} {cpixelcnn.__version__}", '')
+
+
+CHOICES = {'cpixelcnn_train': ['{early,middle,late,block,film,head}', '{exp,cosine,constant}', '{auto,bfloat16,float32}'],
+           'cpixelcnn_sample': ['{cached,naive}'], 'cpixelcnn_classify': ['{uniform,train}'], 'cpixelcnn_eval': ['{64,192,768,2048}']}
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_help(name, capsys):
+    r = call(name, ['--help'], capsys)
+    assert r.returncode == 0 and r.stderr == '', r.stderr
+    text = r.stdout
+    assert '\nexamples:\n' in text and f"\n  {name} " in text, text[-2000:]      # an epilog of example commands
+    for c in CHOICES[name]: assert c in text, (c, text)
+    assert not re.search(r'\bone of [A-Z_]{3,}\b', text) and not re.search(r'\b(FUSIONS|SCHEDULES|AMP_MODES|SAMPLERS|PRIORS)\b', text), text
+
+
+REQUIRED = {'cpixelcnn_train': [], 'cpixelcnn_sample': ['--checkpoint', 'run', '--out', 'samples'],
+            'cpixelcnn_classify': ['--checkpoint', 'run', '--data', 'builtin', '--out', 'p.csv'], 'cpixelcnn_eval': ['--checkpoint', 'run']}
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_bad_option(name, capsys):
+    line = assert_one_error_line(name, call(name, [*REQUIRED[name], '--no-such-option', '1'], capsys), 2)
+    assert '--no-such-option' in line and '--help' in line, line
+
+def test_bad_option_installed(tmp_path):
+    line = assert_one_error_line('cpixelcnn_train', run('cpixelcnn_train', '--fusion', 'sideways', cwd=tmp_path), 2)
+    assert "invalid choice: 'sideways'" in line, line
+
+
+@pytest.mark.parametrize('name,args', [
+    ('cpixelcnn_train', ['--resume']),
+    ('cpixelcnn_sample', ['--checkpoint', 'run', '--out', 'samples', '--n_per_class', '0']),
+    ('cpixelcnn_classify', ['--checkpoint', 'run', '--data', 'builtin', '--out', 'p.csv', '--prior', 'flat']),
+    ('cpixelcnn_eval', ['--checkpoint', 'run', '--fid_dims', '100'])])
+def test_bad_value(name, args, capsys):
+    assert_one_error_line(name, call(name, args, capsys), 2)
+
+
+MISSING = {'cpixelcnn_train': ['--resume', '--out', '{missing}'],
+           'cpixelcnn_sample': ['--checkpoint', '{missing}', '--out', '{tmp}/s'],
+           'cpixelcnn_classify': ['--checkpoint', '{missing}', '--data', 'builtin', '--out', '{tmp}/p.csv'],
+           'cpixelcnn_eval': ['--checkpoint', '{missing}']}
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_missing_checkpoint(name, tmp_path, capsys):
+    args = [a.format(missing=tmp_path / 'no-run', tmp=tmp_path) for a in MISSING[name]]
+    line = assert_one_error_line(name, call(name, args, capsys), 1)
+    assert str(tmp_path / 'no-run') in line, line
+    assert not (tmp_path / 's').exists() and not (tmp_path / 'p.csv').exists()
+
+def test_missing_checkpoint_installed(tmp_path):
+    args = [a.format(missing=tmp_path / 'no-run', tmp=tmp_path) for a in MISSING['cpixelcnn_sample']]
+    r = run('cpixelcnn_sample', *args)
+    assert 'Traceback' not in r.stderr and str(tmp_path / 'no-run') in assert_one_error_line('cpixelcnn_sample', r, 1)
