@@ -8,7 +8,7 @@ __all__ = ['TRAIN_EXAMPLES', 'SAMPLE_EXAMPLES', 'PRIORS', 'CLASSIFY_EXAMPLES', '
            'bf16_here', 'class_folders', 'sample_to_folder', 'sample_main', 'classify_to_csv', 'classify_main',
            'evaluate_checkpoint', 'eval_main']
 
-# %% ../nbs/11_cli.ipynb #6e2d223a
+# %% ../nbs/11_cli.ipynb #48121586
 import argparse, dataclasses, inspect, io, json, math, os, re, signal, sys, textwrap, threading, tokenize, typing, warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,9 +32,9 @@ with _starting():
     from cpixelcnn.sampling import SAMPLERS, sample, save_sample_grid
     from cpixelcnn.classify import classify_dataset, write_predictions_csv
     from cpixelcnn.metrics import FID_DIMS
-    from cpixelcnn.train import AMP_MODES, SCHEDULES, Interrupted, TrainConfig, load_checkpoint, load_data, load_model, resolve_device, train
+    from cpixelcnn.trainer import AMP_MODES, SCHEDULES, Interrupted, TrainConfig, load_checkpoint, load_data, load_model, resolve_device, train
 
-# %% ../nbs/11_cli.ipynb #9e554bda
+# %% ../nbs/11_cli.ipynb #d9c0c13c
 def one_line(e, # an exception or a message
              limit:int=500 # longest line kept (characters)
             ):
@@ -53,7 +53,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-# %% ../nbs/11_cli.ipynb #09439d68
+# %% ../nbs/11_cli.ipynb #751b189c
 @contextmanager
 def cli_errors(prog:str # the script's name, e.g. 'cpixelcnn_train'
               ):
@@ -77,7 +77,7 @@ def cli_errors(prog:str # the script's name, e.g. 'cpixelcnn_train'
     finally:
         if in_main: signal.signal(signal.SIGTERM, old)
 
-# %% ../nbs/11_cli.ipynb #50918ad4
+# %% ../nbs/11_cli.ipynb #50cb47a3
 def field_help(cls # a dataclass whose fields carry trailing comments
               ):
     "{field name: its trailing comment} read from the dataclass's source ({} where the source is unavailable)"
@@ -89,7 +89,7 @@ def field_help(cls # a dataclass whose fields carry trailing comments
         if t.type == tokenize.COMMENT and first[t.start[0]] in names: helps[first[t.start[0]]] = t.string.lstrip('#').strip()
     return helps
 
-# %% ../nbs/11_cli.ipynb #9c640bc5
+# %% ../nbs/11_cli.ipynb #da864e28
 def option_type(tp # a field annotation: int, float, str, or X|None
                ):
     "The argparse `type` for a field annotation; X|None also accepts 'none'"
@@ -110,7 +110,7 @@ def field_choices(cls, # a dataclass such as TrainConfig
         if m and isinstance(ns.get(m[1]), (tuple, list)): out[name] = tuple(ns[m[1]])
     return {k: v for k, v in out.items() if k in helps}
 
-# %% ../nbs/11_cli.ipynb #7a03f119
+# %% ../nbs/11_cli.ipynb #b961faa1
 TRAIN_EXAMPLES = """
 cpixelcnn_train                                                  # built-in shapes, the small model, a few minutes
 cpixelcnn_train --data ../shared/data/cpen455 --out runs/cpen455 --minutes 20
@@ -130,13 +130,14 @@ def train_parser():
     choices = field_choices(TrainConfig, helps)
     for f in dataclasses.fields(TrainConfig):
         h = re.sub(r'[:;,]?\s*one of [A-Z][A-Z0-9_]+\b', '', helps.get(f.name, ''))    # the choices are listed by argparse
+        h = re.sub(r'\s*\(`[\w.]+`\)', '', h).replace('`', '')                      # no pointers into the Python API
         h = f"{h} (default: {getattr(default, f.name)})".replace('%', '%%')
         if f.type is bool: p.add_argument(f'--{f.name}', action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
         elif f.name in choices: p.add_argument(f'--{f.name}', choices=choices[f.name], default=argparse.SUPPRESS, help=h)
         else: p.add_argument(f'--{f.name}', type=option_type(f.type), default=argparse.SUPPRESS, metavar=f.name.upper(), help=h)
     return p
 
-# %% ../nbs/11_cli.ipynb #52d95905
+# %% ../nbs/11_cli.ipynb #38a364bb
 def train_main(argv=None # arguments (default: sys.argv[1:])
               ):
     "Console script cpixelcnn_train: parse the options, train, and let the trainer print where the outputs went"
@@ -150,7 +151,7 @@ def train_main(argv=None # arguments (default: sys.argv[1:])
         else: config = TrainConfig.from_dict({**load_checkpoint(out)['config'], **given}) if given else None   # the checkpoint's, updated
         train(config, out, resume=resume)
 
-# %% ../nbs/11_cli.ipynb #95bc62c2
+# %% ../nbs/11_cli.ipynb #8f619e2f
 def _model(checkpoint, device):
     "The model stored at `checkpoint` on `device` ('auto': CUDA where available)"
     return load_model(checkpoint, device=resolve_device(device))
@@ -186,7 +187,7 @@ def class_folders(out, # the output folder
             raise ValueError(f"class name {n!r} leads outside {out} (a link?): choose another --out folder, or rename the class")
     return [out / n for n in names]
 
-# %% ../nbs/11_cli.ipynb #40aac860
+# %% ../nbs/11_cli.ipynb #ad86d724
 def sample_to_folder(checkpoint, # a run folder, its checkpoint.pt, or a save_pretrained folder
                      out, # folder for samples.png and <class>/NNNNN.png
                      n_per_class:int=8, # images of each class
@@ -240,7 +241,7 @@ def sample_main(argv=None # arguments (default: sys.argv[1:])
         x, y, grid, paths = sample_to_folder(a.checkpoint, a.out, a.n_per_class, a.seed, a.method, a.image_size, a.device)
         print(f"{len(x)} samples ({a.n_per_class} per class, {x.shape[-2]}x{x.shape[-1]}) -> {grid} and {Path(a.out)}/<class>/NNNNN.png")
 
-# %% ../nbs/11_cli.ipynb #ba879bc3
+# %% ../nbs/11_cli.ipynb #5eee4c54
 PRIORS = ('uniform', 'train')   # class priors of cpixelcnn_classify: uniform, or the model's own (the training labels' frequencies)
 
 def classify_to_csv(checkpoint, # a run folder, its checkpoint.pt, or a save_pretrained folder
@@ -291,7 +292,7 @@ def classify_main(argv=None # arguments (default: sys.argv[1:])
         if 'accuracy' in m: print(f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n_labelled']} labelled images")
         print(f"{len(df)} predictions -> {path}")
 
-# %% ../nbs/11_cli.ipynb #8e3d448c
+# %% ../nbs/11_cli.ipynb #6339e29a
 def evaluate_checkpoint(checkpoint, # a run folder, its checkpoint.pt, or a save_pretrained folder
                         data=None, # a data folder or dataset name; None: the run's own data
                         split:str|None=None, # a split of `data`; None: the run's validation split

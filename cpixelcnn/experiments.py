@@ -21,7 +21,7 @@ from .data import atomic_write, augment, batches, shared_data_dir
 from .mixture import bits_per_dim
 from .metrics import accuracy, confusion_matrix, expected_calibration_error, fit_temperature
 from .model import cpu_bf16_fast, cpu_capability
-from .train import TrainConfig, load_data, train
+from .trainer import TrainConfig, load_data, train
 
 # %% ../nbs/10_experiments.ipynb #ee63203a
 _B16 = dict(schedule='cosine', amp='bfloat16', batch_size=16, compile=True, eval_every=2, threads=2)   # the settings shared by the -b16 runs
@@ -34,12 +34,12 @@ EXPERIMENTS = {
     # augmentation, and a larger model in the same time
     'middle-aug': dict(fusion='middle', augment=True),
     'middle-2-80-5': dict(fusion='middle', nr_resnet=2, nr_filters=80, nr_logistic_mix=5),
-    # the hybrid objective (08_classification)
+    # the hybrid objective (07_classification)
     'hybrid': dict(fusion='late', ce_weight=0.3, ce_temperature=30.),
-    # the same two with the learning rate annealed to 0 over the time budget (09_training)
+    # the same two with the learning rate annealed to 0 over the time budget (08_training)
     'middle-cosine': dict(fusion='middle', schedule='cosine'),
     'hybrid-cosine': dict(fusion='late', ce_weight=0.3, ce_temperature=30., schedule='cosine'),
-    # the hybrid with a per-class output layer (`head` fusion, 04_model), at two weights of the cross-entropy
+    # the hybrid with a per-class output layer (`head` fusion, 03_model), at two weights of the cross-entropy
     'hybrid-head': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine'),
     'hybrid-head-w03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., schedule='cosine'),
     # its two controls: late fusion at the same weight, and head fusion with plain likelihood training
@@ -49,7 +49,7 @@ EXPERIMENTS = {
     'middle-cosine-2c': dict(fusion='middle', schedule='cosine', threads=2),
     'hybrid-head-2c': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
     'hybrid-middle-2c': dict(fusion='middle', ce_weight=0.1, ce_temperature=30., schedule='cosine', threads=2),
-    # the same two with the network in bfloat16 (`amp='bfloat16'`, 09_training): about 1.4 times the steps on this CPU
+    # the same two with the network in bfloat16 (`amp='bfloat16'`, 08_training): about 1.4 times the steps on this CPU
     'middle-cosine-2c-bf16': dict(fusion='middle', schedule='cosine', amp='bfloat16', threads=2),
     'hybrid-head-2c-bf16': dict(fusion='head', ce_weight=0.1, ce_temperature=30., schedule='cosine', amp='bfloat16', threads=2),
     # the same in batches of 16 with the loss compiled (`compile`), evaluated every second epoch: about twice the steps of -2c-bf16;
@@ -60,7 +60,7 @@ EXPERIMENTS = {
     'hybrid-head-2c-bf16-b16-w02': dict(fusion='head', ce_weight=0.2, ce_temperature=30., **_B16),
     'hybrid-head-2c-bf16-b16-w03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., **_B16),
     'hybrid-head-2c-bf16-b16-t10': dict(fusion='head', ce_weight=0.1, ce_temperature=10., **_B16),
-    # the head-fusion hybrid with the first half (or 30%) of the budget on bits/dim alone (`ce_start`, 09_training), at lambda = 0.3 and 0.5
+    # the head-fusion hybrid with the first half (or 30%) of the budget on bits/dim alone (`ce_start`, 08_training), at lambda = 0.3 and 0.5
     'hybrid-head-2c-bf16-b16-w03-start05': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.5, **_B16),
     'hybrid-head-2c-bf16-b16-w03-start03': dict(fusion='head', ce_weight=0.3, ce_temperature=30., ce_start=0.3, **_B16),
     'hybrid-head-2c-bf16-b16-w05-start05': dict(fusion='head', ce_weight=0.5, ce_temperature=30., ce_start=0.5, **_B16),

@@ -32,9 +32,11 @@ def reading_minutes(path):
     loc = sum(len(code_lines(s)) for t, s in cs if t == 'code')
     return words / 200 + loc / 15
 
-def exported_module(path):
-    m = re.search(r'#\|\s*default_exp\s+(\S+)', '\n'.join(s for t, s in cells(path) if t == 'code'))
-    return m and m.group(1)
+def exported_modules(path):
+    "The modules a notebook exports: its default_exp, and any `#| export <module>` target"
+    src = '\n'.join(s for t, s in cells(path) if t == 'code')
+    mods = re.findall(r'^#\|\s*default_exp\s+(\S+)', src, re.M) + re.findall(r'^#\|\s*export\s+(\w+)\s*$', src, re.M)
+    return list(dict.fromkeys(mods))
 
 def imported_modules(path):
     src = '\n'.join(s for t, s in cells(path) if t == 'code')
@@ -51,7 +53,7 @@ def test_ten_lessons():
 
 @pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
 def test_lesson_is_forward_only(nb):
-    order = {exported_module(p): int(p.name[:2]) for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')) if exported_module(p)}
+    order = {m: int(p.name[:2]) for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')) for m in exported_modules(p)}
     later = sorted(m for m in imported_modules(nb) if order.get(m, -1) > int(nb.name[:2]))
     assert not later, f"{nb.name} imports {later}, built only in later notebooks"
 
@@ -110,7 +112,8 @@ def course_table():
     rows = []
     for nb in LESSONS:
         built = title(nb)
-        rows.append(f"| [{nb.name[:2]} {built}]({nb.name}) | `cpixelcnn.{exported_module(nb)}` | {reading_minutes(nb):.0f} |")
+        mods = ', '.join(f'`cpixelcnn.{m}`' for m in sorted(exported_modules(nb), key=lambda m: m != exported_modules(nb)[-1]))
+        rows.append(f"| [{nb.name[:2]} {built}]({nb.name}) | {mods} | {reading_minutes(nb):.0f} |")
     return '\n'.join(rows)
 
 def results_table():

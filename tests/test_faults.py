@@ -13,7 +13,7 @@ from cpixelcnn import cli
 from cpixelcnn.data import atomic_write, clean_stale_tmp, get_dataset, read_image
 from cpixelcnn.model import ConditionalPixelCNN, check_class_names
 from cpixelcnn.sampling import sample
-from cpixelcnn.train import TrainConfig, load_checkpoint, load_model, train
+from cpixelcnn.trainer import TrainConfig, load_checkpoint, load_model, train
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
