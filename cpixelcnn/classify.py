@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, atomic_write, batches
-from .layers import concat_elu
+from .pixelcnn import concat_elu
 from .metrics import accuracy, confusion_matrix, expected_calibration_error, macro_f1
 from .mixture import bits_per_dim, check_images, dmol_log_prob
 from .model import ConditionalPixelCNN

@@ -27,7 +27,7 @@ from .classify import AllClassParams, hybrid_loss
 from .loop import *
 from . import loop
 
-# %% ../nbs/09_trainer.ipynb #383ff8e6
+# %% ../nbs/09_trainer.ipynb #eb379034
 __all__ = [*globals().get('__all__', []), *loop.__all__]   # `from cpixelcnn.trainer import *` brings the parts of lesson 08 too
 
 # %% ../nbs/09_trainer.ipynb #0e14eb6b
