@@ -51,6 +51,7 @@ class Parser(argparse.ArgumentParser):
                          formatter_class=argparse.RawDescriptionHelpFormatter)
         self.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     def error(self, message):
+        "Bad usage: one line on stderr, exit status 2"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 # %% ../nbs/11_cli.ipynb #751b189c

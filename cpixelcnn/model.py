@@ -76,8 +76,11 @@ class ClassMetadata(nn.Module):
             value = value.to(old)
         super().__setattr__(name, value)
 
-    def get_extra_state(self): return dict(image_size=self.image_size, classes=self.classes)
+    def get_extra_state(self):
+        "What `state_dict` carries besides tensors: the image size and the class names"
+        return dict(image_size=self.image_size, classes=self.classes)
     def set_extra_state(self, state):
+        "Restore the image size and class names that `get_extra_state` saved"
         if not isinstance(state, dict) or {'image_size', 'classes'} - state.keys():
             raise ValueError(f"the state dict's _extra_state must be a dict with image_size and classes, got {type(state).__name__}")
         self.image_size, self.classes = state['image_size'], state['classes']
