@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
 from .data import atomic_write, augment, batches, clean_stale_tmp
-from .model import ConditionalPixelCNN, check_class_names, cpu_capability
+from .model import ConditionalPixelCNN, cpu_capability
 from .sampling import sample, save_sample_grid
 from .classify import AllClassParams, hybrid_loss
 from .loop import *
@@ -63,7 +63,7 @@ def resume_config(config:TrainConfig|None, saved:dict):
 # %% ../nbs/09_trainer.ipynb #2c029425
 def set_model_info(model, image_size, classes, log_prior):
     "Attach what a user of the model needs: `image_size`, `classes` and `log_prior`; returns the model"
-    model.image_size, model.classes = image_size, check_class_names(list(classes))
+    model.image_size, model.classes = image_size, list(classes)         # the model's setters check both
     model.log_prior = torch.as_tensor(log_prior, dtype=torch.float32).clone()
     return model
 
@@ -402,10 +402,8 @@ PRETRAINED_FORMAT = 'cpixelcnn-model-1'   # marks (and versions) the folders wri
 def save_pretrained(model, out_dir):
     "Write `model` as out_dir/config.json (format, options, image size, classes, prior) and out_dir/model.safetensors; returns the folder"
     out = Path(out_dir).expanduser()
-    K = model.n_classes
-    info = dict(format=PRETRAINED_FORMAT, model=model.config(), image_size=getattr(model, 'image_size', None),
-                classes=list(getattr(model, 'classes', [str(k) for k in range(K)])),
-                log_prior=[float(v) for v in getattr(model, 'log_prior', torch.full((K,), -math.log(K)))])
+    info = dict(format=PRETRAINED_FORMAT, model=model.config(), image_size=model.image_size, classes=model.classes,
+                log_prior=model.log_prior.tolist())
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     atomic_write(out / 'model.safetensors', lambda p: save_file(tensors, p, metadata={'format': PRETRAINED_FORMAT}))
     atomic_write(out / 'config.json', lambda p: Path(p).write_text(json.dumps(info, indent=1)))
