@@ -31,7 +31,8 @@ with _starting():
     from cpixelcnn.data import atomic_write, get_dataset, to_uint8
     from cpixelcnn.sampling import SAMPLERS, sample, save_sample_grid
     from cpixelcnn.classify import classify_dataset, write_predictions_csv
-    from cpixelcnn.metrics import FID_DIMS
+    from cpixelcnn.fid import FID_DIMS
+    from cpixelcnn.metrics import judge_for, quality_line, sample_quality
     from cpixelcnn.trainer import AMP_MODES, SCHEDULES, Interrupted, TrainConfig, load_checkpoint, load_data, load_model, resolve_device, train
 
 # %% ../nbs/11_cli.ipynb #d9c0c13c
@@ -223,6 +224,12 @@ def _positive(s):
     if v < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
     return v
 
+def _count(s):
+    "An argparse type: an integer >= 0"
+    v = int(s)
+    if v < 0: raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
 SAMPLE_EXAMPLES = """
 cpixelcnn_sample --checkpoint runs/cpen455 --out samples                 # 8 per class: samples/samples.png, samples/<class>/*.png
 cpixelcnn_sample --checkpoint runs/cpen455/checkpoint.pt --n_per_class 100 --seed 1 --out fid/fake
@@ -297,6 +304,7 @@ def classify_main(argv=None # arguments (default: sys.argv[1:])
 def evaluate_checkpoint(checkpoint, # a run folder, its checkpoint.pt, or a save_pretrained folder
                         data=None, # a data folder or dataset name; None: the run's own data
                         split:str|None=None, # a split of `data`; None: the run's validation split
+                        sample_accuracy:int=0, # samples per class for sample accuracy (0: none)
                         fid_samples:int=0, # samples per class for FID (0: no FID)
                         fid_split:str='test', # the real images for FID
                         fid_dims:int=192, # Inception feature size for FID
@@ -305,22 +313,29 @@ def evaluate_checkpoint(checkpoint, # a run folder, its checkpoint.pt, or a save
                         bf16:bool=False, # the network in bfloat16
                         device:str='auto' # 'auto', 'cpu', 'cuda', ...
                        ):
-    "Bits/dim, accuracy and macro F1 on a split, and FID of samples against real images where possible: a dict ('fid_error' says why FID is missing)"
+    "Bits/dim, accuracy and macro F1 on a split, sample accuracy, and FID of samples against real images where possible: a dict ('fid_error' says why FID is missing)"
     model = _model(checkpoint, device)
     size = image_size_of(model, checkpoint)
-    if split is None or data is None:                                  # the run's own data and validation split
+    if split is None or data is None or sample_accuracy:               # the run's own data and validation split
         try: cfg = load_checkpoint(checkpoint)['config']
-        except (FileNotFoundError, ValueError): raise ValueError(f"{checkpoint} is not a training run: pass --data and --split") from None
+        except (FileNotFoundError, ValueError):
+            if not (data and split): raise ValueError(f"{checkpoint} is not a training run: pass --data and --split") from None
+            cfg = {}                                                   # a shared model: its judge learns from data's train split
         data = data or cfg['data']
     if split is None:                                                  # the run's split, from the settings that make it
-        split_keys = ('image_size', 'val_frac', 'seed', 'max_train', 'max_val')
-        ds = load_data(TrainConfig(data=data, **{k: cfg[k] for k in split_keys if k in cfg}))[1]
+        split_keys = ('val_frac', 'seed', 'max_train', 'max_val')
+        ds = load_data(TrainConfig(data=data, image_size=size, **{k: cfg[k] for k in split_keys if k in cfg}))[1]
     else: ds = get_dataset(data, split, size)
     _, m = classify_dataset(model, ds, batch_size, model.log_prior, compile=compile, bf16=bf16_here(bf16, model.log_prior.device))
     out = dict(bpd=m['bpd'], **{k: m[k] for k in ('accuracy', 'macro_f1') if k in m})
+    if sample_accuracy:                                                # the judge of the run's own training images (lesson 05)
+        folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+        train_set = load_data(TrainConfig(data=data, image_size=size, **{k: cfg[k] for k in ('val_frac', 'seed', 'max_train') if k in cfg}))[0]
+        x, y = sample(model, sample_accuracy, size, generator=torch.Generator().manual_seed(0))
+        out.update(sample_quality(judge_for(folder, train_set), x.cpu(), y.cpu(), ds.subset(ds.y >= 0)))
     if fid_samples:
         try:
-            from cpixelcnn.metrics import fid
+            from cpixelcnn.fid import fid
             real = get_dataset(data, fid_split, size).x
             fake, _ = sample(model, fid_samples, size, generator=torch.Generator().manual_seed(0))
             out.update(fid=fid(real, fake, dims=fid_dims), fid_images=(len(fake), len(real)))
@@ -329,6 +344,7 @@ def evaluate_checkpoint(checkpoint, # a run folder, its checkpoint.pt, or a save
 
 EVAL_EXAMPLES = """
 cpixelcnn_eval --checkpoint runs/cpen455                                  # the run's own validation split
+cpixelcnn_eval --checkpoint runs/cpen455 --sample_accuracy 50                 # how recognisable 50 samples per class are
 cpixelcnn_eval --checkpoint runs/cpen455 --split test --fid_samples 100 --out metrics.json
 """
 
@@ -336,17 +352,19 @@ def eval_main(argv=None # arguments (default: sys.argv[1:])
              ):
     "Console script cpixelcnn_eval: print bits/dim, accuracy, F1 (and FID) of a trained model, and write them as JSON with --out"
     with cli_errors('cpixelcnn_eval'):
-        p = _checkpoint_parser('cpixelcnn_eval', "Evaluate a trained model: bits/dim, accuracy, F1 and FID.", EVAL_EXAMPLES)
+        p = _checkpoint_parser('cpixelcnn_eval', "Evaluate a trained model: bits/dim, accuracy, F1, sample accuracy and FID.", EVAL_EXAMPLES)
         p.add_argument('--data', metavar='DIR', help="a data folder or dataset name (default: the run's own data)")
         p.add_argument('--split', help="a split to evaluate (default: the run's validation split)")
-        p.add_argument('--fid_samples', type=int, default=0, metavar='N', help="samples per class for FID (default: 0, no FID)")
+        p.add_argument('--sample_accuracy', type=_count, default=0, metavar='N', help="samples per class judged by a small CNN trained on the run's training images (default: 0, none)")
+        p.add_argument('--fid_samples', type=_count, default=0, metavar='N', help="samples per class for FID (default: 0, no FID)")
         p.add_argument('--fid_split', default='test', help="real images for FID (default: test)")
         p.add_argument('--fid_dims', type=int, default=192, choices=FID_DIMS, help="Inception feature size for FID (default: 192, as in the course)")
         p.add_argument('--out', metavar='JSON', help="also write the figures to this JSON file")
         a = _scoring_options(p).parse_args(argv)
-        r = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.fid_samples, a.fid_split, a.fid_dims, a.batch_size, a.compile, a.bf16, a.device)
+        r = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.sample_accuracy, a.fid_samples, a.fid_split, a.fid_dims, a.batch_size, a.compile, a.bf16, a.device)
         for k in ('bpd', 'accuracy', 'macro_f1'):
             if k in r: print(f"{k}: {r[k]:.4f}")
+        if 'sample_accuracy' in r: print(quality_line(r))
         if 'fid' in r: print(f"fid: {r['fid']:.2f} ({r['fid_images'][0]} samples against {r['fid_images'][1]} {a.fid_split} images, dims {a.fid_dims})")
         if 'fid_error' in r: print(f"fid: not computed: {r['fid_error']}")
         if a.out: print(f"figures -> {atomic_write(a.out, lambda tmp: Path(tmp).write_text(json.dumps(r, indent=1)))}")

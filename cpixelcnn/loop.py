@@ -19,10 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 from fastprogress.fastprogress import IN_NOTEBOOK
-from matplotlib.figure import Figure
 
 from .data import ImageSet, atomic_write, batches, get_dataset, load_csv_split, train_val_split
 from .metrics import accuracy
@@ -51,7 +49,7 @@ class TrainConfig:
     "Every setting of a training run; `to_dict` / `from_dict` round-trip it through JSON and checkpoints"
     # data
     data: str = 'builtin' # a data folder, or a name for `get_dataset`: 'builtin', 'cifar10', ...
-    image_size: int = 32 # images are resized to image_size x image_size (a multiple of 4)
+    image_size: int|None = None # images are resized to image_size x image_size, a multiple of 4 (None: the data's own size, at most 32)
     val_frac: float = 0.15 # stratified hold-out of train for validation (unless the folder has validation.csv)
     max_train: int|None = None # train on a seeded random subset of at most this many images (None: all)
     max_val: int|None = None # evaluate on at most this many validation images (None: all)
@@ -60,28 +58,28 @@ class TrainConfig:
     nr_resnet: int = 1 # gated blocks per stream and resolution
     nr_filters: int = 40 # channels of both streams
     nr_logistic_mix: int = 5 # mixture components M
-    fusion: str = 'middle' # where the label enters: one of FUSIONS
+    fusion: str = 'head' # where the label enters: one of FUSIONS
     dropout: float = 0.0 # dropout inside the gated blocks (PixelCNN++: 0.5, for long runs)
     # objective: the hybrid of notebook 07 (ce_weight = 0: plain likelihood)
-    ce_weight: float = 0.0 # bits/dim + ce_weight * cross-entropy of the model's own class posterior
-    ce_temperature: float = 1.0 # temperature T of that posterior, softmax((log p(x|k) + log p(k)) / T)
+    ce_weight: float = 0.5 # bits/dim + ce_weight * cross-entropy of the model's own class posterior
+    ce_temperature: float = 30.0 # temperature T of that posterior, softmax((log p(x|k) + log p(k)) / T)
     ce_start: float = 0.0 # share of the budget trained on bits/dim alone before the cross-entropy is switched on
     # optimization
-    batch_size: int = 32 # global batch: split over DDP ranks
+    batch_size: int = 16 # global batch: split over DDP ranks
     lr: float = 2e-3 # peak learning rate of AdamW
     weight_decay: float = 1e-4 # decoupled (AdamW) weight decay on weights, not on biases or weight-norm gains
-    schedule: str = 'exp' # 'exp': lr * 0.999995**step (PixelCNN++); 'cosine': to 0 at the end of the budget; 'constant'
+    schedule: str = 'cosine' # 'exp': lr * 0.999995**step (PixelCNN++); 'cosine': to 0 at the end of the budget; 'constant'
     ema: float = 0.999 # EMA decay of the weights used for evaluation and samples (0: no EMA)
     grad_clip: float = 1.0 # clip the global gradient norm to this (0: no clipping)
     # budget: whichever comes first
-    epochs: int|None = 2 # passes over the training set (None: no limit)
+    epochs: int|None = None # passes over the training set (None: no limit)
     max_steps: int|None = None # optimizer steps (None: no limit)
-    minutes: float|None = None # wall-clock minutes, counted across resumes (None: no limit)
+    minutes: float|None = 4.0 # wall-clock minutes, counted across resumes (None: no limit)
     seed: int = 0 # fixes the split, the initialization, the batch order, augmentation and dropout
     # outputs
     eval_every: int = 1 # evaluate, write metrics and checkpoint every this many epochs (0: only at the end)
     checkpoint_every: int = 0 # also checkpoint every this many steps (0: only at evaluations)
-    n_samples_per_class: int = 4 # images per class in samples.png at the end (0: no samples)
+    n_samples_per_class: int = 16 # images per class in samples.png, scored by sample accuracy at the end (0: none)
     # hardware
     device: str = 'auto' # 'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     amp: str = 'auto' # network precision: 'auto' (bfloat16 on CUDA and on CPUs with bfloat16 units), 'bfloat16', 'float32'
@@ -104,7 +102,7 @@ def check_config(c:TrainConfig):
     for n in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'batch_size'): count(n, 1)
     for n in ('eval_every', 'checkpoint_every', 'n_samples_per_class', 'seed'): count(n, 0)
     for n in ('epochs', 'max_steps', 'max_train', 'max_val'): count(n, 1, optional=True)
-    need(isinstance(c.image_size, int) and c.image_size >= 4 and c.image_size % 4 == 0,
+    need(c.image_size is None or (isinstance(c.image_size, int) and c.image_size >= 4 and c.image_size % 4 == 0),
          f"image_size must be a multiple of 4 (the network halves it twice), got {c.image_size!r}")
     for name, options in (('fusion', FUSIONS), ('schedule', SCHEDULES), ('amp', AMP_MODES)):
         need(getattr(c, name) in options, f"{name} must be one of {options}, got {getattr(c, name)!r}")
@@ -252,7 +250,7 @@ def load_data(cfg:TrainConfig):
     ds = get_dataset(cfg.data, 'train', cfg.image_size)
     folder = Path(str(cfg.data)).expanduser()
     if folder.is_dir() and (folder / 'validation.csv').is_file():
-        train, val = ds, load_csv_split(folder, 'validation', cfg.image_size, classes=ds.classes)
+        train, val = ds, load_csv_split(folder, 'validation', ds.x.shape[-1], classes=ds.classes)   # at the size of train
     else: train, val = train_val_split(ds, cfg.val_frac, cfg.seed)
     for name, s in (('train', train), ('validation', val)):
         if (s.y < 0).any(): print(f"{cfg.data} {name}: {int((s.y < 0).sum())} images without a label (-1) left out")
@@ -330,6 +328,8 @@ def resolve_device(device:str='auto', local_rank:int=0):
 # %% ../nbs/08_training.ipynb #f2211c47
 def plot_curves(metrics, path=None, n_classes:int|None=None):
     "Train/validation BPD and validation accuracy against epoch, as a matplotlib Figure"
+    import seaborn as sns   # imported here: plotting libraries take seconds to load
+    from matplotlib.figure import Figure
     df = pd.DataFrame(metrics)
     fig = Figure(figsize=(9, 3.2))
     ax1, ax2 = fig.subplots(1, 2)

@@ -97,7 +97,7 @@ class ConditionalPixelCNN(ClassMetadata, PixelCNNpp):
                  nr_filters:int=40, # channels of both streams
                  nr_logistic_mix:int=5, # mixture components M
                  n_classes:int=4, # number of classes K
-                 fusion:str='middle', # where the label enters: one of FUSIONS
+                 fusion:str='head', # where the label enters: one of FUSIONS
                  in_channels:int=3, # 3 (RGB) or 1 (grey)
                  dropout:float=0.0, # dropout inside the gated blocks (0: none, as in `TrainConfig`)
                  image_size:int|None=None, # side of the square training images (None: not known)

@@ -9,13 +9,12 @@ __all__ = ['FORM_WIDTH', 'FORMS', 'SAMPLERS', 'image_hw', 'eval_mode', 'sampling
            'sync_device', 'benchmark_sampling']
 
 # %% ../nbs/06_sampling.ipynb #5a971172
-import time
+import math, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch, torch.nn as nn, torch.nn.functional as F
 from .masks import *
 from .mixture import dmol_noise, dmol_sample, n_params_per_mix, check_images
@@ -387,10 +386,11 @@ def _label_rows(grid, names):
     for k, name in enumerate(names): ImageDraw.Draw(margin).text((3, (k + 0.5) * grid.shape[1] / len(names) - 6), name, fill='black')
     return torch.cat([pil_to_tensor(margin).float() / 255, grid], 2)
 
-def save_sample_grid(x:torch.Tensor, y:torch.Tensor, path, classes=None, class_names=None):
-    "Write `sample_grid(x, y, classes)` to `path` (its extension picks the format) atomically, rows named by `class_names` if given; returns the path"
+def save_sample_grid(x:torch.Tensor, y:torch.Tensor, path, classes=None, class_names=None, min_width:int=512):
+    "Write `sample_grid(x, y, classes)`, scaled up until at least `min_width` wide, to `path` (its extension picks the format) atomically, rows named by `class_names` if given; returns the path"
     path = Path(path)
     grid, rows = sample_grid(x, y, classes)
+    if grid.shape[2] < min_width: grid = F.interpolate(grid[None], scale_factor=math.ceil(min_width / grid.shape[2]), mode='nearest')[0]
     if class_names is not None: grid = _label_rows(grid, _row_names(class_names, rows))
     from torchvision.utils import save_image   # imported here: torchvision is slow to import
     try: return atomic_write(path, lambda tmp: save_image(grid, tmp))
@@ -399,6 +399,7 @@ def save_sample_grid(x:torch.Tensor, y:torch.Tensor, path, classes=None, class_n
 
 def show_samples(x:torch.Tensor, y:torch.Tensor, class_names=None, classes=None, ax=None, title:str=None):
     "Show the grid of `sample_grid(x, y, classes)` with matplotlib (on `ax` if given), rows labelled with `class_names`"
+    import matplotlib.pyplot as plt   # imported here: console scripts need no plotting library
     grid, classes = sample_grid(x, y, classes)
     if ax is None: _, ax = plt.subplots(figsize=(min(12, grid.shape[2] / 24 + 1), grid.shape[1] / 24 + 0.5))
     ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap='gray', vmin=0, vmax=1, interpolation='nearest')

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import atomic_write, augment, batches, clean_stale_tmp
 from .model import ConditionalPixelCNN, cpu_capability
+from .metrics import judge_for, quality_line, sample_quality
 from .sampling import sample, save_sample_grid
 from .classify import AllClassParams, hybrid_loss
 from .loop import *
@@ -99,7 +100,7 @@ def _build(self:Trainer, ckpt):
     cfg, ts = self.cfg, self.train_set
     torch.manual_seed(cfg.seed); random.seed(cfg.seed); np.random.seed(cfg.seed)
     model = ConditionalPixelCNN(cfg.nr_resnet, cfg.nr_filters, cfg.nr_logistic_mix, ts.n_classes, cfg.fusion, ts.x.shape[1], cfg.dropout)
-    self.model = set_model_info(model, cfg.image_size, ts.classes, self.log_prior).to(self.device)
+    self.model = set_model_info(model, ts.x.shape[-1], ts.classes, self.log_prior).to(self.device)
     torch.manual_seed(cfg.seed + 1 + self.rank)                          # dropout noise: a stream per rank
     self.opt = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
     self.clock = 0.                                                       # rank 0's elapsed seconds, the same on every rank
@@ -267,7 +268,7 @@ def evaluate(self:Trainer):
         self.metrics.append(row)
         atomic_write(self.out / 'metrics.csv', lambda p: pd.DataFrame(self.metrics).to_csv(p, index=False))
         plot_curves(self.metrics, self.out / 'curves.png', self.train_set.n_classes)
-        ce = f", train CE {row['train_ce']:.3f}" if self.cfg.ce_weight else ''
+        ce = f", train CE {row['train_ce']:.3f}" if self.cfg.ce_weight and not math.isnan(row['train_ce']) else ''   # not before ce_start
         self.log(f"epoch {row['epoch']:g} step {row['step']}: train {row['train_bpd']:.3f} bpd{ce}, val {row['val_bpd']:.3f} bpd, "
                  f"val accuracy {row['val_accuracy']:.3f}, {row['images_per_s']:.0f} images/s, {row['seconds']:.0f} s")
     self._reset_window()
@@ -289,7 +290,7 @@ def check_state(self:Trainer):
 @patch
 def checkpoint(self:Trainer, rng_states:list):
     "Everything needed to continue exactly, and to use the model alone"
-    return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), model_config=self.model.config(), image_size=self.cfg.image_size,
+    return dict(format=CHECKPOINT_FORMAT, config=self.cfg.to_dict(), model_config=self.model.config(), image_size=self.model.image_size,
                 classes=list(self.train_set.classes), log_prior=self.log_prior, model=self.model.state_dict(),
                 ema=None if self.ema is None else self.ema.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
                 rng=rng_states, epoch=self.epoch, step=self.step, pos=self.pos, epoch_gen_state=self.epoch_gen_state,
@@ -331,14 +332,19 @@ def _restore(self:Trainer, ck):
 # %% ../nbs/09_trainer.ipynb #0f9d089c
 @patch
 def write_samples(self:Trainer):
-    "Save n_samples_per_class samples per class from the EMA weights as out_dir/samples.png (rank 0)"
+    "Save n_samples_per_class samples per class from the EMA weights as out_dir/samples.png, and score them (rank 0)"
     n = self.cfg.n_samples_per_class
     if not n or self.rank: return None
     t = time.perf_counter()
     with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
-        x, y = sample(self.eval_model, n, self.cfg.image_size, generator=torch.Generator().manual_seed(self.cfg.seed))
-    path = save_sample_grid(x.cpu(), y.cpu(), self.out / 'samples.png')          # a row per class, labels ascending
+        x, y = sample(self.eval_model, n, self.model.image_size, generator=torch.Generator().manual_seed(self.cfg.seed))
+    x, y = x.cpu(), y.cpu()
+    path = save_sample_grid(x, y, self.out / 'samples.png', class_names=self.model.classes)   # a row per class, scaled up
     self.log(f"{len(x)} samples in {time.perf_counter() - t:.0f} s -> {path}")
+    if len(self.val_set):                                  # sample accuracy (05): the run's judge, cached in out_dir
+        self.sample_quality = sample_quality(judge_for(self.out, self.train_set), x, y, self.val_set)
+        atomic_write(self.out / 'sample_quality.json', lambda tmp: Path(tmp).write_text(json.dumps(self.sample_quality, indent=1)))
+        self.log(quality_line(self.sample_quality))
     return path
 
 # %% ../nbs/09_trainer.ipynb #2e5462aa
@@ -370,7 +376,7 @@ def fit(self:Trainer):
         del self._t0
     self.write_samples()
     if self.rank == 0:
-        written = [p.name for p in (self.out / n for n in ('metrics.csv', 'curves.png', 'checkpoint.pt', 'samples.png')) if p.exists()]
+        written = [p.name for p in (self.out / n for n in ('metrics.csv', 'curves.png', 'checkpoint.pt', 'samples.png', 'sample_quality.json')) if p.exists()]
         self.log(f"wrote {', '.join(written)} in {self.out}")
     if self.world > 1: dist.barrier()
     if self.own_group: dist.destroy_process_group()

@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent                                  # pip install
 SCRIPTS = ['cpixelcnn_train', 'cpixelcnn_sample', 'cpixelcnn_classify', 'cpixelcnn_eval']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore::DeprecationWarning'}
 TINY = ['--image_size', '8', '--nr_filters', '8', '--nr_logistic_mix', '2', '--max_train', '64', '--max_val', '32',
-        '--batch_size', '16', '--epochs', '1', '--n_samples_per_class', '1']
+        '--batch_size', '16', '--epochs', '1', '--n_samples_per_class', '2']
 SHAPES = ['disc', 'square', 'stripes', 'cross']                    # the built-in data set's classes
 
 
@@ -53,7 +53,9 @@ def test_train(trained):
     out, r = trained
     assert_clean('cpixelcnn_train', r)
     assert str(out) in r.stdout, r.stdout                           # says where the outputs went
-    assert {'checkpoint.pt', 'metrics.csv', 'config.json'} <= {p.name for p in out.iterdir()}
+    assert {'checkpoint.pt', 'metrics.csv', 'config.json', 'samples.png', 'sample_quality.json', 'judge.safetensors'} <= {p.name for p in out.iterdir()}
+    q = json.loads((out / 'sample_quality.json').read_text())
+    assert 'sample accuracy' in r.stdout and q['n_samples'] == 8 and 0 <= q['sample_accuracy'] <= 1 and 0 <= q['judge_accuracy'] <= 1, q
 
 
 def test_sample(trained, tmp_path):
@@ -79,11 +81,12 @@ def test_classify(trained, tmp_path):
 
 def test_eval(trained, tmp_path):
     run_dir, _ = trained
-    r = run('cpixelcnn_eval', '--checkpoint', run_dir, '--out', tmp_path / 'm.json')
+    r = run('cpixelcnn_eval', '--checkpoint', run_dir, '--sample_accuracy', 3, '--out', tmp_path / 'm.json')
     assert_clean('cpixelcnn_eval', r)
-    assert 'bpd:' in r.stdout and str(tmp_path / 'm.json') in r.stdout, r.stdout
+    assert 'bpd:' in r.stdout and 'sample accuracy' in r.stdout and str(tmp_path / 'm.json') in r.stdout, r.stdout
     m = json.loads((tmp_path / 'm.json').read_text())
     assert 0 < m['bpd'] < 20 and 0 <= m['accuracy'] <= 1, m
+    assert m['n_samples'] == 12 and 0 <= m['sample_accuracy'] <= 1 and len(m['per_class']) == 4, m
 
 
 def call(name, args, capsys):
@@ -131,7 +134,8 @@ def test_bad_option_installed(tmp_path):
     ('cpixelcnn_train', ['--resume']),
     ('cpixelcnn_sample', ['--checkpoint', 'run', '--out', 'samples', '--n_per_class', '0']),
     ('cpixelcnn_classify', ['--checkpoint', 'run', '--data', 'builtin', '--out', 'p.csv', '--prior', 'flat']),
-    ('cpixelcnn_eval', ['--checkpoint', 'run', '--fid_dims', '100'])])
+    ('cpixelcnn_eval', ['--checkpoint', 'run', '--fid_dims', '100']),
+    ('cpixelcnn_eval', ['--checkpoint', 'run', '--sample_accuracy', '-1'])])
 def test_bad_value(name, args, capsys):
     assert_one_error_line(name, call(name, args, capsys), 2)
 

@@ -118,21 +118,34 @@ def course_table():
 
 def results_table():
     r = pd.read_csv(NBS / 'results' / 'experiments.csv').query('minutes == 20')
-    lines = ['| run (20 minutes, 2-core CPU) | seeds | val bits/dim | accuracy | command |', '|---|---|---|---|---|']
+    lines = ['| run (20 minutes, 2-core CPU) | seeds | val bits/dim | accuracy | sample accuracy (judge) | command |', '|---|---|---|---|---|---|']
     for what, name, seeds in RESULTS:
         g = r[r.experiment == name]
         assert len(g) == len(seeds.split()), f"experiments.csv has {len(g)} rows of {name} at 20 minutes, the table says seeds {seeds}"
         bpd = '-' if g.val_bpd.isna().all() else f"{g.val_bpd.mean():.2f}"
         acc = f"{g.accuracy.mean():.2f}" + (f" ({g.accuracy.min():.2f}-{g.accuracy.max():.2f})" if len(g) > 1 else '')
-        lines.append(f"| {what} | {len(g)} | {bpd} | {acc} | `python -m cpixelcnn.experiments {name} --minutes 20 --seeds {seeds}` |")
+        sa = g.dropna(subset=['sample_accuracy']) if 'sample_accuracy' in g else g.iloc[:0]
+        sample = '-' if sa.empty else f"{sa.sample_accuracy.mean():.2f} ({sa.judge_accuracy.mean():.2f})" + (f", seed {' '.join(map(str, sa.seed))}" if len(sa) < len(g) else '')
+        lines.append(f"| {what} | {len(g)} | {bpd} | {acc} | {sample} | `python -m cpixelcnn.experiments {name} --minutes 20 --seeds {seeds}` |")
     return '\n'.join(lines)
 
+def quickstart_table():
+    "The default run's figures over its measured runs (appendix 15 writes results/quickstart.csv)"
+    r = pd.read_csv(NBS / 'results' / 'quickstart.csv')
+    def cell(col, fmt='.2f'):
+        lo, hi = r[col].min(), r[col].max()
+        return f"{r[col].mean():{fmt}}" + (f" ({lo:{fmt}}-{hi:{fmt}})" if len(r) > 1 and f"{lo:{fmt}}" != f"{hi:{fmt}}" else '')
+    cpu = r.machine.iloc[0].split(',')[0] + f", {r.cpu_capability.iloc[0]}" + (', bfloat16 units' if r.cpu_bf16_fast.iloc[0] else '')
+    return '\n'.join([f'| `cpixelcnn_train`, {len(r)} runs on {cpu} | wall minutes | val bits/dim | held-out accuracy | sample accuracy | judge accuracy | diversity |',
+                      '|---|---|---|---|---|---|---|',
+                      f"| mean (range) | {cell('wall_minutes', '.1f')} | {cell('val_bpd')} | {cell('val_accuracy')} | {cell('sample_accuracy')} | {cell('judge_accuracy')} | {cell('diversity')} |"])
+
 TEMPLATE = NBS / 'index.ipynb'
-MARK = re.compile(r'(<!-- (course|results) table -->\n)(?:[^<]*?\n)?(<!-- end -->)', re.S)
+MARK = re.compile(r'(<!-- (course|results|quickstart) table -->\n)(?:[^<]*?\n)?(<!-- end -->)', re.S)
 
 def fill(md):
     "index markdown with its generated tables rewritten"
-    tables = dict(course='| lesson | module | minutes |\n|---|---|---|\n' + course_table(), results=results_table())
+    tables = dict(course='| lesson | module | minutes |\n|---|---|---|\n' + course_table(), results=results_table(), quickstart=quickstart_table())
     return MARK.sub(lambda m: m.group(1) + tables[m.group(2)] + '\n' + m.group(3), md)
 
 def index_markdown():
