@@ -322,17 +322,15 @@ def evaluate_checkpoint(checkpoint, # a run folder, its checkpoint.pt, or a save
             if not (data and split): raise ValueError(f"{checkpoint} is not a training run: pass --data and --split") from None
             cfg = {}                                                   # a shared model: its judge learns from data's train split
         data = data or cfg['data']
-    if split is None:                                                  # the run's split, from the settings that make it
-        split_keys = ('val_frac', 'seed', 'max_train', 'max_val')
-        ds = load_data(TrainConfig(data=data, image_size=size, **{k: cfg[k] for k in split_keys if k in cfg}))[1]
-    else: ds = get_dataset(data, split, size)
+    if split is None or sample_accuracy:                               # the run's (train, validation) split, from the settings that make it
+        run_split = load_data(TrainConfig(data=data, image_size=size, **{k: cfg[k] for k in ('val_frac', 'seed', 'max_train', 'max_val') if k in cfg}))
+    ds = run_split[1] if split is None else get_dataset(data, split, size)
     _, m = classify_dataset(model, ds, batch_size, model.log_prior, compile=compile, bf16=bf16_here(bf16, model.log_prior.device))
     out = dict(bpd=m['bpd'], **{k: m[k] for k in ('accuracy', 'macro_f1') if k in m})
     if sample_accuracy:                                                # the judge of the run's own training images (lesson 05)
         folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-        train_set = load_data(TrainConfig(data=data, image_size=size, **{k: cfg[k] for k in ('val_frac', 'seed', 'max_train') if k in cfg}))[0]
         x, y = sample(model, sample_accuracy, size, generator=torch.Generator().manual_seed(0))
-        out.update(sample_quality(judge_for(folder, train_set), x.cpu(), y.cpu(), ds.subset(ds.y >= 0)))
+        out.update(sample_quality(judge_for(folder, run_split[0]), x.cpu(), y.cpu(), ds.subset(ds.y >= 0)))
     if fid_samples:
         try:
             from cpixelcnn.fid import fid

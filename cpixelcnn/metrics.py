@@ -190,9 +190,9 @@ def judge_predictions(judge, x, batch_size:int=256):
 
 # %% ../nbs/05_metrics.ipynb #84bae573
 def per_class_accuracy(pred, target, n_classes:int) -> list:
-    "Accuracy within each true class k (NaN where class k has no images)"
-    pred, target = _labels(pred).cpu(), torch.as_tensor(target).cpu()
-    return [(pred[target == k] == k).float().mean().item() if (target == k).any() else math.nan for k in range(n_classes)]
+    "Accuracy within each true class k, the diagonal of the row-normalised `confusion_matrix` (NaN where class k has no images)"
+    cm = confusion_matrix(_labels(pred).cpu(), torch.as_tensor(target).cpu(), n_classes).double()
+    return (cm.diag() / cm.sum(1)).tolist()
 
 def sample_accuracy(judge, x, y, n_classes:int) -> dict:
     "Share of generated images x (N, C, H, W) of class y (N,) that `judge` assigns to y: overall and per class"
