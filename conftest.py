@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent
+if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
+    os.environ['OMP_NUM_THREADS'] = '1'   # one core per worker (before torch is imported): workers must not fight over the cores
 
 def pytest_collect_file(parent, file_path):
     if file_path.suffix == '.ipynb' and not file_path.name.startswith('_') and '.ipynb_checkpoints' not in file_path.parts:
@@ -42,8 +44,6 @@ class NotebookItem(pytest.Item):
         flags = set(get_config().tst_flags.split()) - set(os.environ.get('CPIXELCNN_TEST_FLAGS', '').split())  # e.g. CPIXELCNN_TEST_FLAGS=slow runs the slow cells
         nb = nbformat.read(self.path, as_version=4)
         nb.cells = [c for c in nb.cells if not skipped(c, flags)]
-        if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
-            os.environ['OMP_NUM_THREADS'] = '1'   # one core per worker's kernel: workers must not fight over the cores
         os.environ['IN_TEST'] = '1'
         client = NotebookClient(nb, timeout=3600, kernel_name='python3', resources={'metadata': {'path': str(self.path.parent)}},
                               extra_arguments=['--InteractiveShell.colors=nocolor'])

@@ -98,7 +98,7 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 # %% ../nbs/12_bench.ipynb #edb5cab3
-def run(quick:bool=False, # fewer repeats, naive sampler timed on one row and extrapolated
+def run(quick:bool=False, # fewer repeats, 512-wide matrices for the matmul rates, naive sampler timed on one row and extrapolated
         nr_resnet:int=1, nr_filters:int=40, nr_logistic_mix:int=5, # the model measured
         image_size:int=32, # side of the square images
         batch_size:int=32, # images per training step
@@ -113,9 +113,9 @@ def run(quick:bool=False, # fewer repeats, naive sampler timed on one row and ex
     def put(k, v): r[k] = v; out(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     put('threads', r['threads'])
     put('cpu_capability', cpu_capability()); put('cpu_bf16_fast', cpu_bf16_fast())   # what the figures below depend on
-    reps = 3 if quick else 10
-    put('matmul_gflops', matmul_gflops(repeats=reps))
-    if bf16: put('matmul_bf16_gflops', matmul_gflops(repeats=reps, dtype=torch.bfloat16))
+    reps, n = (3, 512) if quick else (10, 1024)                     # bfloat16 products without the units: ~10 s each at 1024
+    put('matmul_gflops', matmul_gflops(n, reps))
+    if bf16: put('matmul_bf16_gflops', matmul_gflops(n, reps, dtype=torch.bfloat16))
     for name, train in (('train', True), ('eval', False)):
         for amp in (False, True) if bf16 else (False,):
             model = ConditionalPixelCNN(nr_resnet, nr_filters, nr_logistic_mix, n_classes=4, fusion='middle')

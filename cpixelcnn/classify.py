@@ -251,7 +251,7 @@ def frozen_scorer(model # a trained ConditionalPixelCNN whose weights will not c
     "A function images (B, C, H, W) -> log-likelihoods (B, K), `class_log_likelihoods(model, x)` compiled with the weights frozen"
     classes = torch.arange(model.n_classes, device=next(model.parameters()).device)
     def ll(x): return table_log_prob(x, class_params(model, x, classes))
-    compiled = torch.compile(ll, options={'freezing': True}, dynamic=False)
+    compiled = torch.compile(ll, options={'freezing': True, 'cpp.weight_prepack': False}, dynamic=False)
     def score(x):
         check_images(x); model.check_input(x)
         with scoring_mode(model): return compiled(x)

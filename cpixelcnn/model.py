@@ -183,6 +183,8 @@ def cpu_capability() -> str:
     except Exception: return 'unknown'
 
 def cpu_bf16_fast() -> bool:
-    "Whether the CPU has native bfloat16 units (AVX512-BF16 or AMX on x86, BF16 on Arm), by torch's own queries"
+    "Whether bfloat16 runs natively here: the CPU has the units (AVX512-BF16 or AMX on x86, BF16 on Arm) and torch's kernels use them"
+    cap = cpu_capability()
+    if cap.startswith('AVX') and not cap.startswith('AVX512'): return False   # x86 kernels held at AVX2: bfloat16 is emulated
     f = _cpu_features()
     return any(bool(f.get(k)) for k in ('avx512_bf16', 'amx_bf16', 'amx_tile', 'bf16', 'sve_bf16'))
