@@ -1,13 +1,29 @@
-"""pytest runs every notebook in `nbs/` top to bottom in a real Jupyter kernel (nbclient), one test per notebook, skipping
-the cells `nbdev_test` skips (`#| eval: false`, and the flags in settings.ini's tst_flags); and one test builds the docs'
-notebooks the way the docs site does (`nbdev_proc_nbs`)."""
-import os, re, subprocess, sys
+"""The tests' one notebook runner: pytest runs every notebook in `nbs/` top to bottom in a real Jupyter kernel (nbclient),
+one test per notebook, cell by cell as Jupyter's Run All does, in the notebook's folder. It leaves out only what nbdev's
+directives (read by nbdev's own parser) mark as not for a test run: cells flagged with one of settings.ini's `tst_flags`
+(`#| slow`: long runs, kept with their saved outputs) and `#| eval: false` cells (an exercise's blank, which the learner
+fills in). `CPIXELCNN_TEST_FLAGS=slow` runs the slow cells too, and the tests marked `@pytest.mark.slow`.
+One more test builds the docs' notebooks the way the docs site does (`nbdev_proc_nbs`)."""
+import os, subprocess, sys
 from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent
 if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
     os.environ['OMP_NUM_THREADS'] = '1'   # one core per worker (before torch is imported): workers must not fight over the cores
+
+def run_flags() -> set:
+    "The flags of slow work asked for in this run: CPIXELCNN_TEST_FLAGS, e.g. 'slow'"
+    return set(os.environ.get('CPIXELCNN_TEST_FLAGS', '').split())
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: a test of a minute or more; runs only with CPIXELCNN_TEST_FLAGS=slow')
+
+def pytest_collection_modifyitems(config, items):
+    if 'slow' in run_flags(): return
+    skip = pytest.mark.skip(reason="slow: run with CPIXELCNN_TEST_FLAGS=slow")
+    for item in items:
+        if 'slow' in item.keywords: item.add_marker(skip)
 
 def pytest_collect_file(parent, file_path):
     if file_path.suffix == '.ipynb' and not file_path.name.startswith('_') and '.ipynb_checkpoints' not in file_path.parts:
@@ -16,21 +32,12 @@ def pytest_collect_file(parent, file_path):
 
 class NotebookError(Exception): pass
 
-def leading_directives(source):
-    "The nbdev directives ('#| ...' lines) at the top of a cell, as {name: value}"
-    out = {}
-    for line in source.splitlines():
-        if not line.strip(): continue
-        m = re.match(r'#\|\s*([\w-]+):?\s*(.*)', line)
-        if not m: break
-        out[m[1]] = m[2].strip()
-    return out
-
-def skipped(cell, flags):
-    "Whether nbdev_test would skip this cell: not code, eval: false, or a skip flag"
+def left_out(cell, flags:set) -> bool:
+    "Whether a test run leaves `cell` out: markdown, `#| eval: false`, or a directive among `flags`"
+    from nbdev.process import extract_directives
     if cell.cell_type != 'code': return True
-    d = leading_directives(cell.source)
-    return d.get('eval', '').lower() == 'false' or bool(flags & d.keys())
+    d = extract_directives(cell, remove=False)
+    return d.get('eval:', [''])[0].lower() == 'false' or bool(flags & d.keys())
 
 class NotebookFile(pytest.File):
     def collect(self): yield NotebookItem.from_parent(self, name=self.path.stem)
@@ -41,9 +48,9 @@ class NotebookItem(pytest.Item):
         from nbclient import NotebookClient
         from nbclient.exceptions import CellExecutionError
         from nbdev.config import get_config
-        flags = set(get_config().tst_flags.split()) - set(os.environ.get('CPIXELCNN_TEST_FLAGS', '').split())  # e.g. CPIXELCNN_TEST_FLAGS=slow runs the slow cells
+        flags = set(get_config().tst_flags.split()) - run_flags()
         nb = nbformat.read(self.path, as_version=4)
-        nb.cells = [c for c in nb.cells if not skipped(c, flags)]
+        nb.cells = [c for c in nb.cells if not left_out(c, flags)]
         os.environ['IN_TEST'] = '1'
         client = NotebookClient(nb, timeout=3600, kernel_name='python3', resources={'metadata': {'path': str(self.path.parent)}},
                               extra_arguments=['--InteractiveShell.colors=nocolor'])

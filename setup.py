@@ -1,7 +1,5 @@
-from packaging.version import parse as parse_version
 from configparser import ConfigParser
 import setuptools, shlex
-assert parse_version(setuptools.__version__)>=parse_version('36.2')
 
 # note: all settings are in settings.ini; edit there, not here
 config = ConfigParser(delimiters=['='])
@@ -9,31 +7,26 @@ config.read('settings.ini', encoding='utf-8')
 cfg = config['DEFAULT']
 
 cfg_keys = 'version description keywords author author_email'.split()
-expected = cfg_keys + "lib_name user branch license status min_python audience language".split()
+expected = cfg_keys + "lib_name user branch license status min_python audience language git_url doc_host doc_baseurl".split()
 for o in expected: assert o in cfg, "missing expected setting: {}".format(o)
 setup_cfg = {o:cfg[o] for o in cfg_keys}
 
-licenses = {
-    'apache2': 'Apache-2.0', 'mit': 'MIT', 'gpl2': 'GPL-2.0-only', 'gpl3': 'GPL-3.0-only', 'bsd3': 'BSD-3-Clause',
-}   # settings.ini's license names -> SPDX identifiers
+licenses = {   # settings.ini's license names -> (SPDX identifier, trove classifier)
+    'apache2': ('Apache-2.0', 'License :: OSI Approved :: Apache Software License'),
+    'mit': ('MIT', 'License :: OSI Approved :: MIT License'),
+    'bsd3': ('BSD-3-Clause', 'License :: OSI Approved :: BSD License'),
+}
 statuses = {1: 'Planning', 2: 'Pre-Alpha', 3: 'Alpha', 4: 'Beta', 5: 'Production/Stable', 6: 'Mature', 7: 'Inactive'}
 status = int(cfg['status'])
 assert status in statuses, f"settings.ini: status must be one of {sorted(statuses)} (trove 'Development Status' numbers), got {status}"
+assert cfg['license'] in licenses, f"settings.ini: license must be one of {sorted(licenses)}, got {cfg['license']!r}"
+lic, lic_classifier = licenses[cfg['license']]
 py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
-if cfg.get('pip_requirements'): requirements += shlex.split(cfg.get('pip_requirements', ''))
 min_python = cfg['min_python']
-lic = licenses.get(cfg['license'].lower(), cfg['license'])
 fid_requirements = (cfg.get('fid_requirements') or '').split()
 dev_requirements = (cfg.get('dev_requirements') or '').split() + fid_requirements
-
-package_data = dict()
-pkg_data = cfg.get('package_data', None)
-if pkg_data:
-    package_data[cfg['lib_name']] =  pkg_data.split() # split as multiple files might be listed
-# Add package data to setup_cfg for setuptools.setup(..., **setup_cfg)
-setup_cfg['package_data'] = package_data
 
 setuptools.setup(
     name = cfg['lib_name'],
@@ -41,14 +34,15 @@ setuptools.setup(
     classifiers = [
         f'Development Status :: {status} - {statuses[status]}',
         'Intended Audience :: ' + cfg['audience'].title(),
+        lic_classifier,
         'Natural Language :: ' + cfg['language'].title(),
     ] + ['Programming Language :: Python :: '+o for o in py_versions[py_versions.index(min_python):]],
     url = cfg['git_url'],
+    project_urls = {'Documentation': cfg['doc_host'] + cfg['doc_baseurl'], 'Source': cfg['git_url'], 'Issues': cfg['git_url'] + '/issues'},
     packages = setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
-    include_package_data = True,
+    package_data = {cfg['lib_name']: cfg.get('package_data', '').split()},
     install_requires = requirements,
     extras_require={'dev': dev_requirements, 'fid': fid_requirements},
-    dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),
     long_description_content_type = 'text/markdown',

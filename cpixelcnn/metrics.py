@@ -9,59 +9,61 @@ __all__ = ['accuracy', 'confusion_matrix', 'f1_scores', 'macro_f1', 'plot_confus
            'mean_pairwise_distance', 'diversity', 'sample_quality', 'quality_line', 'judge_for']
 
 # %% ../nbs/05_metrics.ipynb #79d56979
-import hashlib, math
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import ImageSet, atomic_write, batches, to_model_range
-from .mixture import check_images
+from .pixelcnn import eval_mode
+from .model import atomic_write
+from .data import ImageSet, batches, fingerprint, to_model_input
 
 # %% ../nbs/05_metrics.ipynb #9ccce333
 from .mixture import bits_per_dim
 
 # %% ../nbs/05_metrics.ipynb #99020c0b
-def _labels(pred):
-    "Labels (N,) from labels (N,) or from scores (N, K) by argmax."
+def _pred_labels(pred:torch.Tensor) -> torch.Tensor:
+    "Predicted labels (N,) from labels (N,) or from scores (N, K) by argmax."
     return pred.argmax(-1) if pred.ndim == 2 else pred
 
 # %% ../nbs/05_metrics.ipynb #e42d5774
-def accuracy(pred,   # predicted labels (N,) or scores (N, K)
-             target, # true labels (N,)
+def accuracy(pred:torch.Tensor,   # predicted labels (N,) or scores (N, K)
+             target:torch.Tensor, # true labels (N,)
             ) -> float:
     "Fraction of predictions equal to the target."
-    return (_labels(pred) == target).float().mean().item()
+    return (_pred_labels(pred) == target).float().mean().item()
 
 # %% ../nbs/05_metrics.ipynb #87623543
-def confusion_matrix(pred,           # predicted labels (N,) or scores (N, K)
-                     target,         # true labels (N,)
-                     n_classes:int,  # K
-                    ):
+def confusion_matrix(pred:torch.Tensor,   # predicted labels (N,) or scores (N, K)
+                     target:torch.Tensor, # true labels (N,)
+                     n_classes:int,       # K
+                    ) -> torch.Tensor:
     "(K, K) long tensor of counts: rows are true classes, columns predicted classes."
-    K, pred = n_classes, _labels(pred)
+    K, pred = n_classes, _pred_labels(pred)
     if len(target) and (min(pred.min(), target.min()) < 0 or max(pred.max(), target.max()) >= K):
         raise ValueError(f"labels must lie in [0, {K-1}] for n_classes={K}")
     return torch.bincount(target.long() * K + pred.long(), minlength=K * K).view(K, K)
 
 # %% ../nbs/05_metrics.ipynb #5ad5a70a
-def f1_scores(pred, target, n_classes:int):
+def f1_scores(pred:torch.Tensor, target:torch.Tensor, n_classes:int) -> torch.Tensor:
     "Per-class F1 = 2TP / (2TP + FP + FN), shape (K,); 0 (not NaN) where a class is never predicted."
     cm = confusion_matrix(pred, target, n_classes).double()
     tp, denom = cm.diag(), cm.sum(0) + cm.sum(1)  # denom = (TP + FP) + (TP + FN)
     return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
 
-def macro_f1(pred, target, n_classes:int) -> float:
+def macro_f1(pred:torch.Tensor, target:torch.Tensor, n_classes:int) -> float:
     "Unweighted mean of the per-class F1 scores over all `n_classes` classes."
     return f1_scores(pred, target, n_classes).mean().item()
 
 # %% ../nbs/05_metrics.ipynb #83ff90ee
-def plot_confusion(cm,       # (K, K) counts, rows true, columns predicted
-                   classes,  # K class names
-                   ax=None,  # matplotlib axes to draw on; a new figure if None
-                  ):
+def plot_confusion(cm:torch.Tensor, # (K, K) counts, rows true, columns predicted
+                   classes:list,    # K class names
+                   ax:Any=None,     # matplotlib axes to draw on; a new figure if None
+                  ) -> Any:
     "Seaborn heatmap of the row-normalised confusion matrix, annotated with fraction and count."
     import matplotlib.pyplot as plt, seaborn as sns   # imported here: plotting libraries take seconds to load, and console scripts rarely plot
     cm = torch.as_tensor(cm).cpu()
@@ -74,10 +76,10 @@ def plot_confusion(cm,       # (K, K) counts, rows true, columns predicted
     return ax
 
 # %% ../nbs/05_metrics.ipynb #f37d11e5
-def calibration_bins(probs,       # predicted class probabilities (N, K)
-                     target,      # true labels (N,)
-                     n_bins=15,   # M equal-width confidence bins ((m-1)/M, m/M]
-                    ):
+def calibration_bins(probs:torch.Tensor,  # predicted class probabilities (N, K)
+                     target:torch.Tensor, # true labels (N,)
+                     n_bins:int=15,       # M equal-width confidence bins ((m-1)/M, m/M]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Per bin: mean confidence, accuracy and count, each (M,); empty bins have confidence = accuracy = 0."
     conf, pred = probs.double().max(-1)                           # (N,), (N,)
     b = (conf * n_bins).ceil().long().clamp(1, n_bins) - 1        # bin index of each prediction
@@ -86,13 +88,13 @@ def calibration_bins(probs,       # predicted class probabilities (N, K)
     return (torch.bincount(b, conf, n_bins) / n,
             torch.bincount(b, (pred == target).double(), n_bins) / n, count)
 
-def expected_calibration_error(probs, target, n_bins=15) -> float:
+def expected_calibration_error(probs:torch.Tensor, target:torch.Tensor, n_bins:int=15) -> float:
     "ECE: bin-size-weighted mean |accuracy - confidence| over `n_bins` equal-width confidence bins."
     conf, acc, count = calibration_bins(probs, target, n_bins)
     return (count / count.sum() * (acc - conf).abs()).sum().item()
 
 # %% ../nbs/05_metrics.ipynb #89ee50eb
-def reliability_plot(probs, target, n_bins=15, ax=None, title=None):
+def reliability_plot(probs:torch.Tensor, target:torch.Tensor, n_bins:int=15, ax:Any=None, title:str|None=None) -> Any:
     "Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration."
     import matplotlib.pyplot as plt, seaborn as sns
     conf, acc, count = calibration_bins(probs, target, n_bins)
@@ -107,11 +109,11 @@ def reliability_plot(probs, target, n_bins=15, ax=None, title=None):
     return ax
 
 # %% ../nbs/05_metrics.ipynb #c782140a
-def fit_temperature(logits,        # (N, K) unnormalised log-probabilities, e.g. log p(x|k) + log p(k)
-                    target,        # (N,) true labels
-                    t_min=1e-2,    # search interval for T
-                    t_max=1e2,
-                    iters=60,      # golden-section steps; the interval in log T shrinks by 0.618 per step
+def fit_temperature(logits:torch.Tensor, # (N, K) unnormalised log-probabilities, e.g. log p(x|k) + log p(k)
+                    target:torch.Tensor, # (N,) true labels
+                    t_min:float=1e-2,    # search interval for T
+                    t_max:float=1e2,
+                    iters:int=60,        # golden-section steps; the interval in log T shrinks by 0.618 per step
                    ) -> float:
     "Temperature T > 0 minimising the NLL of softmax(logits / T), by golden-section search on log T."
     z, y = logits.double(), target.long()
@@ -126,25 +128,25 @@ def fit_temperature(logits,        # (N, K) unnormalised log-probabilities, e.g.
     return math.exp((a + b) / 2)
 
 # %% ../nbs/05_metrics.ipynb #ec300f81
-def gaussian_stats(features, # (N, D) feature vectors, N >= 2
-                  ):
+def gaussian_stats(features:torch.Tensor|np.ndarray, # (N, D) feature vectors, N >= 2
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     "Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."
     f = torch.as_tensor(features, dtype=torch.float64)
     if f.ndim != 2 or len(f) < 2: raise ValueError(f"need features of shape (N, D) with N >= 2, got {tuple(f.shape)}")
     return f.mean(0), torch.cov(f.T).reshape(f.shape[1], f.shape[1])
 
 # %% ../nbs/05_metrics.ipynb #e4dbeafd
-def _psd_eigenvalues(lam):
+def _psd_eigenvalues(lam:torch.Tensor) -> torch.Tensor:
     "Eigenvalues of a PSD matrix with those within rounding of zero (<= D eps max|lam|) set to 0."
     tol = len(lam) * torch.finfo(lam.dtype).eps * lam.abs().max()
     return torch.where(lam > tol, lam, torch.zeros_like(lam))
 
-def _sqrtm_psd(S):
+def _sqrtm_psd(S:torch.Tensor) -> torch.Tensor:
     "Symmetric square root of a PSD matrix by `eigh`."
     lam, V = torch.linalg.eigh((S + S.T) / 2)
     return (V * _psd_eigenvalues(lam).sqrt()) @ V.T
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+def frechet_distance(mu1:torch.Tensor|np.ndarray, sigma1:torch.Tensor|np.ndarray, mu2:torch.Tensor|np.ndarray, sigma2:torch.Tensor|np.ndarray) -> float:
     "Squared Fréchet distance |mu1-mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians, in float64."
     mu1, s1, mu2, s2 = (torch.as_tensor(a, dtype=torch.float64) for a in (mu1, sigma1, mu2, sigma2))
     r1 = _sqrtm_psd(s1)
@@ -158,7 +160,7 @@ class SmallCNN(nn.Sequential):
     def __init__(self, n_classes:int=4, # number of classes K
                  in_channels:int=3, # 3 (RGB) or 1 (grey)
                  width:int=32 # channels of the first block (doubled in each of the next two)
-                ):
+                ) -> None:
         def block(i, o): return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
         super().__init__(*block(in_channels, width), *block(width, 2 * width), *block(2 * width, 4 * width),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, n_classes))
@@ -181,36 +183,34 @@ def train_judge(data:ImageSet, # labelled training images
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     return judge.eval()
 
-@torch.no_grad()
-def judge_predictions(judge, x, batch_size:int=256):
+def judge_predictions(judge:nn.Module, x:torch.Tensor, batch_size:int=256) -> torch.Tensor:
     "The judge's labels (N,) for images x (N, C, H, W): uint8, or floats in [-1, 1] as samples are"
-    x = to_model_range(x) if x.dtype == torch.uint8 else check_images(x, 'images to judge')
-    judge.eval()
-    return torch.cat([judge(b.float()).argmax(1) for b in x.split(batch_size)]) if len(x) else torch.zeros(0, dtype=torch.long)
+    x = to_model_input(x)
+    with eval_mode(judge): return torch.cat([judge(b).argmax(1) for b in x.split(batch_size)]) if len(x) else torch.zeros(0, dtype=torch.long)
 
 # %% ../nbs/05_metrics.ipynb #84bae573
-def per_class_accuracy(pred, target, n_classes:int) -> list:
+def per_class_accuracy(pred:torch.Tensor, target:torch.Tensor, n_classes:int) -> list[float]:
     "Accuracy within each true class k, the diagonal of the row-normalised `confusion_matrix` (NaN where class k has no images)"
-    cm = confusion_matrix(_labels(pred).cpu(), torch.as_tensor(target).cpu(), n_classes).double()
+    cm = confusion_matrix(_pred_labels(pred).cpu(), torch.as_tensor(target).cpu(), n_classes).double()
     return (cm.diag() / cm.sum(1)).tolist()
 
-def sample_accuracy(judge, x, y, n_classes:int) -> dict:
+def sample_accuracy(judge:nn.Module, x:torch.Tensor, y:torch.Tensor, n_classes:int) -> dict:
     "Share of generated images x (N, C, H, W) of class y (N,) that `judge` assigns to y: overall and per class"
     pred = judge_predictions(judge, x)
     return dict(sample_accuracy=accuracy(pred, y), per_class=per_class_accuracy(pred, y, n_classes))
 
 # %% ../nbs/05_metrics.ipynb #26c329c1
-def mean_pairwise_distance(x) -> float:
+def mean_pairwise_distance(x:torch.Tensor) -> float:
     "Mean Euclidean distance between two different images of x (N, C, H, W), in [-1, 1] units (NaN for N < 2)"
-    x = to_model_range(x) if x.dtype == torch.uint8 else x.float()
+    x = to_model_input(x)
     return torch.pdist(x.flatten(1).double()).mean().item() if len(x) > 1 else math.nan
 
-def diversity(x, y, real_x, real_y, n_classes:int) -> list:
+def diversity(x:torch.Tensor, y:torch.Tensor, real_x:torch.Tensor, real_y:torch.Tensor, n_classes:int) -> list[float]:
     "Per class: mean pairwise distance of the images x of class k over that of the real images of class k"
     return [mean_pairwise_distance(x[y == k]) / mean_pairwise_distance(real_x[real_y == k]) for k in range(n_classes)]
 
 # %% ../nbs/05_metrics.ipynb #b65c8ad6
-def sample_quality(judge, x, y, real:ImageSet) -> dict:
+def sample_quality(judge:nn.Module, x:torch.Tensor, y:torch.Tensor, real:ImageSet) -> dict:
     "Sample accuracy (overall, per class), the judge's accuracy on the held-out `real` images, and diversity of samples x with labels y"
     k = real.n_classes
     out = sample_accuracy(judge, x, y, k)
@@ -222,19 +222,15 @@ def sample_quality(judge, x, y, real:ImageSet) -> dict:
 def quality_line(q:dict) -> str:
     "`sample_quality`'s figures in one line, for a log"
     return (f"sample accuracy {q['sample_accuracy']:.3f} of {q['n_samples']} samples (the judge scores {q['judge_accuracy']:.3f} "
-            f"on {q['n_real']} held-out images), diversity {q['diversity']:.2f} of the real images'")
+            f"on {q['n_real']} held-out images), diversity {q['diversity']:.2f} of the real images")
 
-def _fingerprint(data:ImageSet) -> str:
-    "A digest of the images and labels: a cached judge is reused only for the same training data"
-    return hashlib.sha1(data.x.numpy().tobytes() + data.y.numpy().tobytes()).hexdigest()
-
-def judge_for(folder, # a run folder: the judge is cached there as judge.safetensors
-              data:ImageSet, # the training images
-              **kwargs # for `train_judge`
+def judge_for(folder:str|Path, # a run folder: the judge is cached there as judge.safetensors
+              data:ImageSet,    # the training images
+              **kwargs          # for `train_judge`
              ) -> SmallCNN:
     "The judge of `data`: loaded from `folder` if it was trained on the same data, else trained and saved there atomically"
     from safetensors.torch import load_file, save_file
-    path, key = Path(folder) / 'judge.safetensors', _fingerprint(data)
+    path, key = Path(folder) / 'judge.safetensors', fingerprint(data)
     judge = SmallCNN(data.n_classes, data.x.shape[1])
     if path.exists():
         from safetensors import safe_open

@@ -76,7 +76,20 @@ def test_classify(trained, tmp_path):
     assert_clean('cpixelcnn_classify', r)
     assert str(tmp_path / 'p.csv') in r.stdout and 'accuracy' in r.stdout, r.stdout
     lines = (tmp_path / 'p.csv').read_text().splitlines()
-    assert len(lines) > 0 and all(re.fullmatch(r'.+,[0-3]', l) for l in lines), lines[:3]
+    assert lines[0] == 'path,label,class' and len(lines) > 1, lines[:3]
+    assert all(re.fullmatch(r'.+,([0-3]),(\w+)', l) and SHAPES[int(l.split(',')[-2])] == l.split(',')[-1] for l in lines[1:]), lines[:3]
+
+
+def test_classify_submission_format(trained, tmp_path, capsys):
+    "--format submission: the course's file, `path,label` lines with CRLF ends and no header, the same predictions as the table"
+    run_dir, _ = trained
+    for fmt in ('table', 'submission'):
+        r = call('cpixelcnn_classify', ['--checkpoint', run_dir, '--data', 'builtin', '--format', fmt, '--out', tmp_path / f'{fmt}.csv'], capsys)
+        assert r.returncode == 0, r.stderr
+    raw = (tmp_path / 'submission.csv').read_bytes()
+    table = (tmp_path / 'table.csv').read_text().splitlines()[1:]
+    assert raw.endswith(b'\r\n') and raw.count(b'\n') == raw.count(b'\r\n') == len(table), raw[:100]
+    assert raw.decode().split('\r\n')[:-1] == [l.rsplit(',', 1)[0] for l in table]
 
 
 def test_eval(trained, tmp_path):
@@ -104,8 +117,10 @@ def test_version(name, capsys):
     assert (r.returncode, r.stdout.strip(), r.stderr) == (0, f"{name} {cpixelcnn.__version__}", '')
 
 
-CHOICES = {'cpixelcnn_train': ['{early,middle,late,block,film,head}', '{exp,cosine,constant}', '{auto,bfloat16,float32}'],
-           'cpixelcnn_sample': ['{cached,naive}'], 'cpixelcnn_classify': ['{uniform,train}'], 'cpixelcnn_eval': ['{64,192,768,2048}']}
+AMP = '{auto,bfloat16,float32}'                                     # one spelling of the network's precision in every script
+CHOICES = {'cpixelcnn_train': ['{early,middle,late,block,film,head}', '{exp,cosine,constant}', AMP],
+           'cpixelcnn_sample': ['{cached,naive}'], 'cpixelcnn_classify': ['{uniform,train}', '{table,submission}', AMP],
+           'cpixelcnn_eval': ['{64,192,768,2048}', AMP]}
 
 @pytest.mark.parametrize('name', SCRIPTS)
 def test_help(name, capsys):
@@ -114,7 +129,8 @@ def test_help(name, capsys):
     text = r.stdout
     assert '\nexamples:\n' in text and f"\n  {name} " in text, text[-2000:]      # an epilog of example commands
     for c in CHOICES[name]: assert c in text, (c, text)
-    assert not re.search(r'\bone of [A-Z_]{3,}\b', text) and not re.search(r'\b(FUSIONS|SCHEDULES|AMP_MODES|SAMPLERS|PRIORS)\b', text), text
+    assert not re.search(r'\bone of [A-Z_]{3,}\b', text) and not re.search(r'\b(FUSIONS|SCHEDULES|AMP_MODES|SAMPLERS|PRIORS|FORMATS)\b', text), text
+    assert '--bf16' not in text, text
 
 
 REQUIRED = {'cpixelcnn_train': [], 'cpixelcnn_sample': ['--checkpoint', 'run', '--out', 'samples'],
@@ -156,3 +172,105 @@ def test_missing_checkpoint_installed(tmp_path):
     args = [a.format(missing=tmp_path / 'no-run', tmp=tmp_path) for a in MISSING['cpixelcnn_sample']]
     r = run('cpixelcnn_sample', *args)
     assert 'Traceback' not in r.stderr and str(tmp_path / 'no-run') in assert_one_error_line('cpixelcnn_sample', r, 1)
+
+
+# ---- options described once, in data the program reads at run time -----------------------------------------------------------
+
+def test_train_help_from_field_metadata(capsys):
+    "Every TrainConfig field is an option whose help is the field's metadata, its fixed values the metadata's choices"
+    import dataclasses
+    from cpixelcnn.trainer import TrainConfig
+    text = re.sub(r'\s+', '', call('cpixelcnn_train', ['--help'], capsys).stdout)
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get('help'), f"TrainConfig.{f.name} has no help in its metadata"
+        assert f'--{f.name}' in text and re.sub(r'\s+', '', f.metadata['help']).replace('%', '') [:40] in text.replace('%', ''), f.name
+        if 'choices' in f.metadata: assert '{' + ','.join(map(str, f.metadata['choices'])) + '}' in text, f.name
+
+
+def test_help_from_a_compiled_package(tmp_path):
+    "--help is whole where the package holds only compiled files (no .py source to read comments from)"
+    import dataclasses, shutil
+    from cpixelcnn.trainer import TrainConfig
+    pkg = tmp_path / 'cpixelcnn'
+    shutil.copytree(Path(cpixelcnn.__file__).parent, pkg, ignore=shutil.ignore_patterns('__pycache__'))
+    subprocess.run([sys.executable, '-m', 'compileall', '-q', '-b', str(pkg)], check=True)
+    for f in pkg.glob('*.py'): f.unlink()
+    code = "import cpixelcnn.cli as c; assert c.__file__.endswith('.pyc'), c.__file__; c.train_main(['--help'])"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env={**ENV, 'PYTHONPATH': str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = re.sub(r'\s+', '', r.stdout).replace('%', '')
+    for f in dataclasses.fields(TrainConfig):
+        assert f'--{f.name}' in text and re.sub(r'\s+', '', f.metadata['help']).replace('%', '')[:40] in text, f.name
+
+
+def main_of(name):
+    "The main function of `python nbs/experiments.py` or `python -m cpixelcnn.bench`"
+    if name == 'bench':
+        from cpixelcnn import bench
+        return bench.main
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('experiments', Path(__file__).resolve().parents[1] / 'nbs' / 'experiments.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+@pytest.mark.parametrize('name,prog', [('bench', 'python -m cpixelcnn.bench'), ('experiments', 'experiments.py')])
+def test_other_commands_follow_the_conventions(name, prog, capsys):
+    "The benchmark and the experiments script answer --version, and a usage error is one line with exit status 2"
+    main = main_of(name)
+    def outcome(argv):
+        try: main(argv); code = 0
+        except SystemExit as e: code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+    assert outcome(['--version']) == (0, f"{prog} {cpixelcnn.__version__}\n", '')
+    code, out, err = outcome(['--threads', '0'] if name == 'bench' else ['no-such-experiment'])
+    assert code == 2 and out == '' and len(err.splitlines()) == 1 and err.startswith(f"{prog}: error: "), err
+
+
+# ---- classify any folder ---------------------------------------------------------------------------------------------------
+
+def save_shapes(folder, labels=True, n=8):
+    "n built-in test images as PNG files: folder/<class>/<i>.png (labels) or folder/<i>.png (a plain folder); (paths, labels)"
+    from PIL import Image
+    from cpixelcnn.data import get_dataset
+    ds = get_dataset('builtin', 'test', 8)
+    paths = []
+    for i in range(n):
+        p = Path(folder) / (ds.classes[int(ds.y[i])] if labels else '') / f'{i}.png'
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ds.x[i, 0].numpy()).save(p)
+        paths.append(p.relative_to(folder).as_posix())
+    return paths, ds.y[:n].tolist()
+
+@pytest.mark.parametrize('layout', ['class folders', 'plain folder'])
+def test_classify_any_folder(trained, tmp_path, capsys, layout):
+    "A class-folder layout (accuracy printed) and a plain folder of images with no CSV and no classes.txt: every image classified, by name"
+    run_dir, _ = trained
+    paths, labels = save_shapes(tmp_path / 'images', labels=layout == 'class folders')
+    r = call('cpixelcnn_classify', ['--checkpoint', run_dir, '--data', tmp_path / 'images', '--out', tmp_path / 'p.csv'], capsys)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    assert ('accuracy' in r.stdout) == (layout == 'class folders'), r.stdout
+    rows = [l.split(',') for l in (tmp_path / 'p.csv').read_text().splitlines()]
+    assert rows[0] == ['path', 'label', 'class'] and sorted(p for p, _, _ in rows[1:]) == sorted(paths), rows[:3]
+    assert all(SHAPES[int(k)] == c for _, k, c in rows[1:]), rows[:3]
+
+def test_classify_the_runs_validation_split(trained, tmp_path, capsys):
+    "--split val: the run's own validation images, split with the run's settings (max_val 32 of the tiny run)"
+    from cpixelcnn.cli import run_data_split, run_settings
+    run_dir, _ = trained
+    r = call('cpixelcnn_classify', ['--checkpoint', run_dir, '--split', 'val', '--out', tmp_path / 'p.csv'], capsys)
+    assert r.returncode == 0 and 'on 32 labelled images' in r.stdout, (r.stdout, r.stderr)
+    paths = [l.split(',')[0] for l in (tmp_path / 'p.csv').read_text().splitlines()[1:]]
+    assert paths == run_data_split(run_settings(run_dir))[1].paths
+
+
+@pytest.mark.parametrize('name', ['sample_to_folder', 'classify_to_csv', 'evaluate_checkpoint'])
+def test_python_api_parameters_in_help(name):
+    "The scripts' Python functions describe every parameter where help() shows it (a numpy-style Parameters section)"
+    import inspect, pydoc
+    f = getattr(cli, name)
+    text = pydoc.render_doc(f, renderer=pydoc.plaintext)
+    assert '\n    Parameters\n    ----------\n' in text, text[:500]
+    for p in inspect.signature(f).parameters: assert re.search(rf'\n    {p}\n        \S', text), (name, p)

@@ -1,9 +1,11 @@
 """The course and its front page: lessons 00-09 read as lessons (forward-only, short, small cells, a closing summary and
-exercises with solutions), and README.md is index.ipynb's text, with every figure taken from saved results.
+exercises with solutions), and README.md is index.ipynb's text, with every figure taken from saved results and every link
+absolute (the package index shows README.md without the repository around it).
 
 `python tests/test_course.py` rewrites the generated tables in nbs/index.ipynb and README.md from the notebooks and
-nbs/results; the tests below fail whenever either has drifted."""
-import json, re, sys
+nbs/results; the tests below fail whenever either has drifted. It is README.md's only writer: settings.ini turns nbdev's
+own nbdev_readme off."""
+import configparser, importlib.util, json, re
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / 'nbs'
+SETTINGS = configparser.ConfigParser(delimiters=['='])
+SETTINGS.read(ROOT / 'settings.ini', encoding='utf-8')
+SETTINGS = SETTINGS['DEFAULT']
+DOCS = SETTINGS['doc_host'] + SETTINGS['doc_baseurl']                                    # the docs site
+FILES = SETTINGS['git_url'].replace('https://github.com/', 'https://raw.githubusercontent.com/') + f"/{SETTINGS['branch']}/nbs"
 MAX_MINUTES, MAX_CELL_LINES, MAX_README_WORDS = 40, 80, 900
 LESSONS = sorted(NBS.glob('0[0-9]_*.ipynb'))
 
@@ -126,7 +133,7 @@ def results_table():
         acc = f"{g.accuracy.mean():.2f}" + (f" ({g.accuracy.min():.2f}-{g.accuracy.max():.2f})" if len(g) > 1 else '')
         sa = g.dropna(subset=['sample_accuracy']) if 'sample_accuracy' in g else g.iloc[:0]
         sample = '-' if sa.empty else f"{sa.sample_accuracy.mean():.2f} ({sa.judge_accuracy.mean():.2f})" + (f", seed {' '.join(map(str, sa.seed))}" if len(sa) < len(g) else '')
-        lines.append(f"| {what} | {len(g)} | {bpd} | {acc} | {sample} | `python -m cpixelcnn.experiments {name} --minutes 20 --seeds {seeds}` |")
+        lines.append(f"| {what} | {len(g)} | {bpd} | {acc} | {sample} | `python nbs/experiments.py {name} --minutes 20 --seeds {seeds}` |")
     return '\n'.join(lines)
 
 def quickstart_table():
@@ -151,10 +158,21 @@ def fill(md):
 def index_markdown():
     return [s for t, s in cells(TEMPLATE) if t == 'markdown']
 
+def docs_page(nb:str) -> str:
+    "The docs site's page of notebook `nb` (nbdev drops the number: 00_masks.ipynb -> masks.html)"
+    from nbdev.doclinks import _nbpath2html
+    return _nbpath2html(Path(nb)).name
+
+def absolute(link:str) -> str:
+    "A relative link of index.ipynb as README.md needs it: a notebook to its page on the docs site, any other file to its copy in the repository"
+    path, _, anchor = link.partition('#')
+    if path.endswith('.ipynb'): return f"{DOCS}/{docs_page(path)}" + (f"#{anchor}" if anchor else '')
+    return f"{FILES}/{link}"
+
 def readme_from_index(md_cells):
-    "README.md: the index's markdown, relative links pointing into nbs/"
+    "README.md: the index's markdown, its relative links made absolute"
     text = '\n\n'.join(md_cells) + '\n'
-    return re.sub(r'\]\((?!https?:|#|/)([^)]+)\)', r'](nbs/\1)', text)
+    return re.sub(r'\]\((?!https?:|#|/)([^)]+)\)', lambda m: f"]({absolute(m[1])})", text)
 
 def test_index_tables_are_current():
     md = '\n\n'.join(index_markdown())
@@ -170,13 +188,47 @@ def test_readme_length():
     n = len(text.split())
     assert n <= MAX_README_WORDS, f"README.md has {n} words (at most {MAX_README_WORDS})"
 
+def load_experiments():
+    "The script nbs/experiments.py, imported as a module"
+    spec = importlib.util.spec_from_file_location('experiments', NBS / 'experiments.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 def test_readme_commands_exist():
-    "Every experiment the README quotes is one `python -m cpixelcnn.experiments` knows, and the two set-up commands are there"
-    from cpixelcnn.experiments import EXPERIMENTS
+    "Every experiment the README quotes is one `python nbs/experiments.py` knows, and the set-up commands are there"
+    experiments = load_experiments().EXPERIMENTS
     text = (ROOT / 'README.md').read_text()
-    for name in re.findall(r'cpixelcnn\.experiments (\S+)', text): assert name in EXPERIMENTS, name
+    for name in re.findall(r'python nbs/experiments\.py (\S+)', text): assert name in experiments, name
+    assert 'cpixelcnn.experiments' not in text
     assert 'pip install -e . && cpixelcnn_train' in text and 'pip install -e ".[dev]" && pytest -n 2' in text
-    for nb in re.findall(r'\]\(nbs/([^)#]+\.ipynb)\)', text): assert (NBS / nb).exists(), nb
+    assert 'pip install cpixelcnn\n' in text and 'pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu' in text
+
+def test_readme_links_are_absolute():
+    "Every link and image of README.md is absolute, and each one into the project names a notebook or file that exists"
+    text = (ROOT / 'README.md').read_text()
+    links = re.findall(r'\]\(([^)\s]+)\)', text)
+    assert links and all(l.startswith('https://') for l in links), [l for l in links if not l.startswith('https://')]
+    pages = {docs_page(p.name): p for p in NBS.glob('*.ipynb')}
+    for l in links:
+        if l.startswith(DOCS + '/'): assert l[len(DOCS) + 1:].split('#')[0] in pages, l
+        if l.startswith(FILES + '/'): assert (NBS / l[len(FILES) + 1:]).is_file(), l
+    assert any(l.startswith(DOCS) for l in links) and any(l.startswith(FILES) for l in links)
+
+def test_index_links_every_notebook():
+    "The front page links every lesson and every appendix notebook"
+    md = '\n'.join(index_markdown())
+    missing = [p.name for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')) if f']({p.name}' not in md]
+    assert not missing, f"nbs/index.ipynb does not link {missing}"
+
+def test_nbdev_readme_is_off(monkeypatch):
+    "nbdev_docs and nbdev_prepare run nbdev_readme(chk_time=True): it must return before rendering or writing anything"
+    import nbdev.quarto
+    def render(*args, **kwargs): raise AssertionError("nbdev_readme would render README.md")
+    monkeypatch.setattr(nbdev.quarto, 'proc_nbs', render)
+    monkeypatch.setattr(nbdev.quarto, '_sprun', render)
+    monkeypatch.chdir(ROOT)
+    nbdev.quarto.nbdev_readme.__wrapped__(chk_time=True)
 
 def write():
     "Rewrite index.ipynb's generated tables, then README.md from it"

@@ -1,7 +1,9 @@
 """Fault injection: each fault a user, or someone handing over a hostile data folder or checkpoint, can cause, made on purpose,
 with the outcome the library promises: an error of one line that says what to do, nothing read outside the data folder,
-nothing written outside the output folder, no checkpoint overwritten by a diverged state, and no crash in compiled scoring."""
-import json, os, re, shutil, signal, subprocess, sys, time
+nothing written outside the output folder, no output that replaces or sits inside an input, one run per folder, no checkpoint
+overwritten by a diverged state, a stop at the next safe point on SIGINT or SIGTERM, memory a file can drive refused before it
+is spent, and no crash in compiled scoring. The data and training cases of the API are in test_data.py and test_training.py."""
+import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ import torch
 from PIL import Image
 
 from cpixelcnn import cli
-from cpixelcnn.data import atomic_write, clean_stale_tmp, get_dataset, read_image
+from cpixelcnn.data import clean_stale_tmp, get_dataset, read_image
+from cpixelcnn.model import atomic_write
 from cpixelcnn.model import ConditionalPixelCNN, check_class_names
 from cpixelcnn.sampling import sample
 from cpixelcnn.trainer import TrainConfig, load_checkpoint, load_model, train
@@ -106,7 +109,7 @@ def test_check_class_names_refuses(names):
 
 def test_checkpoint_with_escaping_class_names(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / 'run')
-    classes = load_checkpoint(run)['classes']
+    classes = load_checkpoint(run)['model_config']['classes']
     rewrite_checkpoint(run, lambda ck: replace_lists(ck, classes, ['../escaped'] + classes[1:]))
     with pytest.raises(ValueError, match=r'\.\./escaped'): load_model(run)
     code, out, err = main_result(cli.sample_main, ['--checkpoint', run, '--n_per_class', 1, '--out', tmp_path / 'out'], capsys)
@@ -258,3 +261,186 @@ print('agree')
     r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=600,
                        env={**ENV, 'TORCHINDUCTOR_COMPILE_THREADS': '1'})          # compile in this process: no pool of workers to start
     assert r.returncode == 0 and r.stdout.strip() == 'agree', (r.returncode, r.stderr[-2000:])
+
+
+# -------------------------------------------------------------------------------- 7. outputs never destroy inputs (scripts)
+def snapshot(folder):
+    "{relative path: bytes} of every file under `folder`"
+    return {p.relative_to(folder): p.read_bytes() for p in Path(folder).rglob('*') if p.is_file()}
+
+def test_sample_out_is_a_data_folder(tiny_run, tmp_path, capsys):
+    "cpixelcnn_sample --out <the user's image folder>: refused before anything is drawn; every image as it was, nothing added"
+    data = tmp_path / 'photos'
+    for c in ('disc', 'square', 'stripes', 'cross'): png(data / c / '00000.png', size=8)
+    before = snapshot(data)
+    code, out, err = main_result(cli.sample_main, ['--checkpoint', tiny_run, '--n_per_class', 1, '--out', data], capsys)
+    assert 'not empty' in assert_one_line_error(code, err, 1, 'cpixelcnn_sample')
+    assert snapshot(data) == before
+
+@pytest.mark.parametrize('script', ['sample', 'classify', 'eval'])
+@pytest.mark.parametrize('target', ['checkpoint.pt', 'config.json'])
+def test_out_never_replaces_the_model(tiny_run, tmp_path, capsys, script, target):
+    "--out <run>/checkpoint.pt (or config.json): refused before any work; the run's files unchanged"
+    run = copy_run(tiny_run, tmp_path / 'run')
+    before = snapshot(run)
+    args = {'sample': ['--n_per_class', 1], 'classify': ['--data', 'builtin'], 'eval': []}[script]
+    main = getattr(cli, f'{script}_main')
+    code, out, err = main_result(main, ['--checkpoint', run, *args, '--out', run / target], capsys)
+    assert 'would replace' in assert_one_line_error(code, err, 1, f'cpixelcnn_{script}')
+    assert snapshot(run) == before
+    load_model(run)
+
+@pytest.mark.parametrize('script', ['classify', 'eval'])
+def test_out_never_writes_inside_the_data(tiny_run, tmp_path, capsys, script):
+    "An output file inside the data being read (here as the data folder's train.csv) is refused"
+    data = csv_folder(tmp_path / 'data', [], n_images=2)
+    before = snapshot(data)
+    main = getattr(cli, f'{script}_main')
+    extra = ['--split', 'train'] if script == 'eval' else []
+    code, out, err = main_result(main, ['--checkpoint', tiny_run, '--data', data, *extra, '--out', data / 'train.csv'], capsys)
+    assert 'would' in assert_one_line_error(code, err, 1, f'cpixelcnn_{script}')
+    assert snapshot(data) == before
+
+@pytest.mark.parametrize('name', ['train', 'sample', 'classify', 'eval'])
+def test_empty_out_refused(tiny_run, tmp_path, capsys, monkeypatch, name):
+    "--out '' (an unset shell variable): a usage error; the working folder's files (a config.json, a metrics.csv) untouched"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'config.json').write_text('{"mine": 1}'); (tmp_path / 'metrics.csv').write_text('a,b\n1,2\n')
+    before = snapshot(tmp_path)
+    args = {'train': TINY_ARGS, 'sample': ['--checkpoint', tiny_run], 'classify': ['--checkpoint', tiny_run, '--data', 'builtin'],
+            'eval': ['--checkpoint', tiny_run]}[name]
+    code, out, err = main_result(getattr(cli, f'{name}_main'), [*args, '--out', ''], capsys)
+    assert 'is empty' in assert_one_line_error(code, err, 2, f'cpixelcnn_{name}')
+    assert snapshot(tmp_path) == before
+
+def test_train_into_a_folder_of_other_files(tmp_path, capsys):
+    "A folder that holds files that are not a run's: refused; with --overwrite the run starts there and the other files stay"
+    folder = tmp_path / 'mine'
+    folder.mkdir(); (folder / 'notes.txt').write_text('my notes'); (folder / 'config.json').write_text('{"mine": 1}')
+    before = snapshot(folder)
+    code, out, err = main_result(cli.train_main, TINY_ARGS + ['--out', folder], capsys)
+    assert '--overwrite' in assert_one_line_error(code, err, 1, 'cpixelcnn_train')
+    assert snapshot(folder) == before
+    code, out, err = main_result(cli.train_main, TINY_ARGS + ['--out', folder, '--overwrite'], capsys)
+    assert code == 0 and not err, (code, err)
+    assert (folder / 'notes.txt').read_text() == 'my notes' and (folder / 'checkpoint.pt').is_file()
+
+@posix_only
+def test_one_run_per_folder(tmp_path):
+    "Two cpixelcnn_train on one --out, 0.3 s apart: one trains, the other exits non-zero with one line"
+    exe = BIN / 'cpixelcnn_train'
+    if not exe.exists(): pytest.skip("cpixelcnn_train is not installed: pip install -e .")
+    args = [str(exe), *TINY_ARGS, '--epochs', '3', '--out', str(tmp_path / 'run')]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    time.sleep(0.3)
+    second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    results = [(p.wait(timeout=300), *p.communicate()) for p in (first, second)]
+    assert sorted(code == 0 for code, _, _ in results) == [False, True], [(c, e[-500:]) for c, _, e in results]
+    code, out, err = next(r for r in results if r[0] != 0)
+    assert len(err.splitlines()) == 1 and err.startswith('cpixelcnn_train: error: ') and 'Traceback' not in err, err
+
+
+# ------------------------------------------------------------------------- 8. stops at safe points; samples written as drawn
+@posix_only
+def test_sample_writes_as_it_draws_and_stops_on_sigterm(tiny_run, tmp_path):
+    """cpixelcnn_sample --n_per_class 100000: images appear batch by batch (nothing drawn up front); SIGTERM stops it at the next
+    batch with status 143 and one line, every file written whole"""
+    exe = BIN / 'cpixelcnn_sample'
+    if not exe.exists(): pytest.skip("cpixelcnn_sample is not installed: pip install -e .")
+    out = tmp_path / 's'
+    p = subprocess.Popen([str(exe), '--checkpoint', str(tiny_run), '--n_per_class', '100000', '--batch_size', '4', '--out', str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 240
+    while len(list(out.glob('*/*.png'))) < 8 and p.poll() is None and time.time() < deadline: time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, (p.returncode, err[-2000:])
+    assert len(err.splitlines()) == 1 and 'interrupted by SIGTERM' in err, err[-2000:]
+    written = list(out.glob('*/*.png'))
+    assert 8 <= len(written) < 400_000 and len(written) % 4 == 0, len(written)   # whole batches of 4
+    for f in written: Image.open(f).verify()
+
+
+# --------------------------------------------------------------- 9. memory a file can drive, through the scripts: refused early
+def pretrained(run, dst, **changes):
+    "A save_pretrained folder of the model in `run`, its config.json then edited with `changes`"
+    from cpixelcnn.model import save_pretrained
+    folder = save_pretrained(load_model(run), dst)
+    cfg = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps({**cfg, **changes}))
+    return folder
+
+def peak_memory_run(argv):
+    "(exit status, stderr, peak memory in MiB) of a command, measured in a fresh process whose only child it is"
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "print(r.returncode); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.stderr.write(r.stderr)")
+    r = subprocess.run([sys.executable, '-c', probe, *map(str, argv)], capture_output=True, text=True, timeout=600, env=ENV)
+    code, mib = r.stdout.split()[-2:]
+    return int(code), r.stderr, int(mib)
+
+@posix_only
+def test_huge_image_size_refused_before_any_memory(tmp_path):
+    "cpixelcnn_train --image_size 1000 on the built-in shapes: refused in one line (a documented cap), under 1 GB"
+    exe = BIN / 'cpixelcnn_train'
+    if not exe.exists(): pytest.skip("cpixelcnn_train is not installed: pip install -e .")
+    code, err, mib = peak_memory_run([exe, '--image_size', '1000', '--max_train', '64', '--out', tmp_path / 'run'])
+    assert code == 1 and len(err.splitlines()) == 1 and 'image_size' in err, err[-2000:]
+    assert mib < 1024, f"{mib} MiB"
+
+@posix_only
+@pytest.mark.parametrize('changes', [dict(nr_filters=3000), dict(image_size=4096), dict(nr_resnet=200)])
+def test_hostile_config_json_through_classify(tiny_run, tmp_path, changes):
+    "A config.json edited to need gigabytes: cpixelcnn_classify refuses it in one line naming the file, under 1 GB of memory"
+    exe = BIN / 'cpixelcnn_classify'
+    if not exe.exists(): pytest.skip("cpixelcnn_classify is not installed: pip install -e .")
+    folder = pretrained(tiny_run, tmp_path / 'shared', **changes)
+    code, err, mib = peak_memory_run([exe, '--checkpoint', folder, '--data', 'builtin', '--out', tmp_path / 'p.csv'])
+    assert code == 1 and len(err.splitlines()) == 1 and err.startswith('cpixelcnn_classify: error: '), err[-2000:]
+    assert 'config.json' in err or 'model.safetensors' in err, err
+    assert mib < 1024, f"{mib} MiB"
+    assert not (tmp_path / 'p.csv').exists()
+
+
+# ------------------------------------------------------------------------------ 10. clear messages through the scripts
+@pytest.mark.parametrize('case', ['no weights', 'prior forces a class', 'shapes disagree', 'look-alike classes', 'bidi control'])
+def test_shared_model_faults(tiny_run, tmp_path, capsys, case):
+    "A save_pretrained folder that is damaged or edited: one line naming the file and what is wrong, no output written"
+    changes = {'prior forces a class': dict(log_prior=[0.0, float('-inf'), float('-inf'), float('-inf')]),
+               'shapes disagree': dict(nr_filters=16), 'look-alike classes': dict(classes=['disc', 'Disc', 'stripes', 'cross']),
+               'bidi control': dict(classes=['disc', 'sq\u202euare', 'stripes', 'cross'])}.get(case, {})
+    folder = pretrained(tiny_run, tmp_path / 'shared', **changes)
+    if case == 'no weights': (folder / 'model.safetensors').unlink()
+    code, out, err = main_result(cli.classify_main, ['--checkpoint', folder, '--data', 'builtin', '--out', tmp_path / 'p.csv'], capsys)
+    line = assert_one_line_error(code, err, 1, 'cpixelcnn_classify')
+    assert {'no weights': 'model.safetensors', 'prior forces a class': 'prior', 'shapes disagree': 'shape',
+            'look-alike classes': 'Disc', 'bidi control': 'sq'}[case].lower() in line.lower(), line
+    assert not (tmp_path / 'p.csv').exists()
+
+def test_one_class_data_refused_before_training(tmp_path, capsys):
+    "Data of one class: refused in one line before any training step (no checkpoint, no run folder)"
+    for k in range(4): png(tmp_path / 'data' / 'only' / f'{k}.png')
+    code, out, err = main_result(cli.train_main, TINY_ARGS[2:] + ['--data', tmp_path / 'data', '--out', tmp_path / 'run'], capsys)
+    assert 'class' in assert_one_line_error(code, err, 1, 'cpixelcnn_train')
+    assert not (tmp_path / 'run' / 'checkpoint.pt').exists()
+
+@pytest.mark.parametrize('encoding', ['utf-16', 'latin-1'])
+def test_non_utf8_csv_named(tiny_run, tmp_path, capsys, encoding):
+    "A UTF-16 or Latin-1 test.csv: one line that names the file and says to save it as UTF-8"
+    data = csv_folder(tmp_path / 'data', [])
+    for name in ('0.png', 'caf\xe9.png'): png(data / 'test' / name)
+    (data / 'test.csv').write_text('test/0.png,-1\ntest/caf\xe9.png,-1\n', encoding=encoding)
+    code, out, err = main_result(cli.classify_main, ['--checkpoint', tiny_run, '--data', data, '--out', tmp_path / 'p.csv'], capsys)
+    line = assert_one_line_error(code, err, 1, 'cpixelcnn_classify')
+    assert 'test.csv' in line and 'UTF-8' in line, line
+
+@posix_only
+def test_fifo_in_a_class_folder(tmp_path):
+    "A FIFO named like an image in a class folder: training does not hang on it (it is left out or refused in one line)"
+    exe = BIN / 'cpixelcnn_train'
+    if not exe.exists(): pytest.skip("cpixelcnn_train is not installed: pip install -e .")
+    for c in ('a', 'b'):
+        for k in range(4): png(tmp_path / 'data' / c / f'{k}.png')
+    os.mkfifo(tmp_path / 'data' / 'a' / 'zz.png')
+    args = [a for k, v in {**TINY, 'data': tmp_path / 'data', 'max_train': 'none', 'max_val': 'none', 'batch_size': 4}.items() for a in (f'--{k}', str(v))]
+    r = subprocess.run([str(exe), *args, '--out', str(tmp_path / 'run')], capture_output=True, text=True, timeout=240, env=ENV)
+    assert 'Traceback' not in r.stderr and (r.returncode == 0 or len(r.stderr.splitlines()) == 1), (r.returncode, r.stderr[-2000:])

@@ -1,9 +1,14 @@
-"""What `pip install` gives a user: the package's metadata, and the packages a plain install (no extras) pulls in."""
-import re
+"""What `pip install` gives a user: the packages a plain install (no extras) pulls in; every module importable where POSIX-only
+modules are missing (Windows); the wheel as a package index gets it (twine check, its page, its files); and the wheel installed
+in a fresh environment outside the checkout, running the console scripts."""
+import os, re, shutil, subprocess, sys, zipfile
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WEB_FRAMEWORK = {'python-fasthtml', 'starlette', 'uvicorn', 'httpx', 'websockets', 'fastapi'}
 
@@ -53,7 +58,6 @@ def test_dev_changes_no_user_package():
 
 def test_library_imports_only_what_a_plain_install_has(tmp_path):
     "Every module imports with the packages outside a plain install's dependencies blocked (nbdev, fastcore, IPython, ...)"
-    import subprocess, sys
     allowed = sorted(closure() | {'cpixelcnn'})
     check = f'''
 import sys, importlib.abc, importlib.metadata as md, pkgutil, re
@@ -69,3 +73,142 @@ for m in pkgutil.iter_modules(cpixelcnn.__path__): __import__(f"cpixelcnn.{{m.na
 '''
     r = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---- what runs where a plain POSIX module is missing (Windows) --------------------------------------------------------------
+
+def test_every_module_imports_without_posix_only_modules():
+    "Every module of the package imports where fcntl, resource, termios, pwd and grp do not exist (Windows): none at import time"
+    check = '''
+import importlib.abc, pkgutil, sys
+import torch, torchvision, numpy, pandas, matplotlib, seaborn, PIL, safetensors, fastprogress   # theirs may use them: not checked
+POSIX_ONLY = {'fcntl', 'resource', 'termios', 'pwd', 'grp'}
+for m in POSIX_ONLY: sys.modules.pop(m, None)
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in POSIX_ONLY: return None
+        f = sys._getframe(1)
+        while f is not None and f.f_globals.get('__name__', '').startswith(('importlib', '_frozen_importlib')): f = f.f_back
+        importer = f.f_globals.get('__name__', '') if f is not None else ''
+        if importer.split('.')[0] == 'cpixelcnn': raise ImportError(f"{importer} imports {name}, which Windows lacks")
+sys.meta_path.insert(0, Block())
+import cpixelcnn
+for m in pkgutil.iter_modules(cpixelcnn.__path__): __import__(f"cpixelcnn.{m.name}")
+print(len(list(pkgutil.iter_modules(cpixelcnn.__path__))))
+'''
+    r = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+def test_the_check_above_can_fail():
+    "The same blocker refuses a cpixelcnn-named module that imports fcntl at import time"
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / 'cpixelcnn_probe.py').write_text('import fcntl\n')
+        check = '''
+import importlib.abc, sys
+sys.modules.pop('fcntl', None)
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != 'fcntl': return None
+        f = sys._getframe(1)
+        while f is not None and f.f_globals.get('__name__', '').startswith(('importlib', '_frozen_importlib')): f = f.f_back
+        if f is not None and f.f_globals.get('__name__', '').startswith('cpixelcnn'): raise ImportError('blocked')
+sys.meta_path.insert(0, Block())
+import cpixelcnn_probe
+'''
+        r = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True, timeout=60, cwd=d)
+    assert r.returncode == 1 and 'blocked' in r.stderr, r.stderr[-2000:]
+
+
+# ---- the package's namespace ------------------------------------------------------------------------------------------------
+
+def test_dir_lists_the_lazy_names():
+    import cpixelcnn
+    assert set(cpixelcnn.__all__) <= set(dir(cpixelcnn)), dir(cpixelcnn)
+    for name in cpixelcnn.__all__: assert callable(getattr(cpixelcnn, name)), name
+    assert cpixelcnn.save_pretrained.__module__ == 'cpixelcnn.model' and cpixelcnn.from_pretrained.__module__ == 'cpixelcnn.model'
+    with pytest.raises(AttributeError): cpixelcnn.no_such_name
+
+
+# ---- the wheel, as a package index gets it and a user installs it -----------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory) -> Path:
+    "The wheel `python -m build` makes from a copy of the project's packaging files and package (the checkout is not touched)"
+    src = tmp_path_factory.mktemp('src')
+    for name in ('settings.ini', 'setup.py', 'pyproject.toml', 'MANIFEST.in', 'LICENSE', 'README.md'): shutil.copy(ROOT / name, src)
+    shutil.copytree(ROOT / 'cpixelcnn', src / 'cpixelcnn', ignore=shutil.ignore_patterns('__pycache__'))
+    r = subprocess.run([sys.executable, '-m', 'build', '--wheel', '--outdir', str(src / 'dist'), str(src)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return next((src / 'dist').glob('cpixelcnn-*.whl'))
+
+def wheel_metadata(whl:Path):
+    "The METADATA of a wheel, parsed"
+    from email.parser import HeaderParser
+    with zipfile.ZipFile(whl) as z:
+        return HeaderParser().parsestr(z.read(next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))).decode())
+
+def test_twine_check(wheel):
+    r = subprocess.run([sys.executable, '-m', 'twine', 'check', '--strict', str(wheel)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'PASSED' in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+def test_wheel_metadata(wheel):
+    md = wheel_metadata(wheel)
+    urls = dict(u.split(', ', 1) for u in md.get_all('Project-URL'))
+    assert urls == {'Documentation': 'https://cpixelcnn.github.io/cpixelcnn', 'Source': 'https://github.com/cpixelcnn/cpixelcnn',
+                    'Issues': 'https://github.com/cpixelcnn/cpixelcnn/issues'}, urls
+    assert 'License :: OSI Approved :: Apache Software License' in md.get_all('Classifier')
+    assert (md.get('License-Expression') or md.get('License')) == 'Apache-2.0'
+    page = md.get_payload()                                             # the long description: README.md
+    assert 'pip install cpixelcnn' in page and re.findall(r'\]\((?!https://)[^)]*\)', page) == []   # links work off GitHub
+
+def test_wheel_contents(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert 'cpixelcnn/py.typed' in names and 'cpixelcnn/cli.py' in names
+    assert not [n for n in names if n.startswith('cpixelcnn/experiments')], "the experiments need the repository: not in the package"
+
+
+def make_images(folder:Path, names:list, colour:tuple, size:int=8):
+    "Small RGB PNGs folder/<name> in one colour with noise"
+    import numpy as np
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(names))
+    for n in names:
+        a = np.clip(np.array(colour) + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(folder / n)
+
+def test_wheel_in_a_fresh_environment(wheel, tmp_path):
+    """The wheel installed (--no-deps) in a new virtual environment outside the checkout, whose site-packages borrows this one's
+    heavy dependencies through a .pth line (torch is not installed twice), trains on a class-folder layout and classifies a plain
+    folder of images (no CSV, no classes.txt) with its own console scripts; the package is imported from the wheel"""
+    import site, venv
+    env = tmp_path / 'env'
+    venv.create(env, with_pip=False)
+    py = env / ('Scripts/python.exe' if sys.platform == 'win32' else 'bin/python')
+    env_site = Path(subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], capture_output=True, text=True, check=True).stdout.strip())
+    borrowed = [p for p in site.getsitepackages() if Path(p, 'torch').is_dir()]
+    (env_site / 'borrowed.pth').write_text('\n'.join(borrowed) + '\n')    # plain paths: their .pth files (the editable install's) stay off
+    r = subprocess.run([sys.executable, '-m', 'pip', '--python', str(py), 'install', '--no-deps', '--no-index', '-q', str(wheel)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    work = tmp_path / 'work'                                            # outside the checkout: nothing of it on the path
+    make_images(work / 'data/red', [f'{k}.png' for k in range(12)], (200, 40, 40))
+    make_images(work / 'data/blue', [f'{k}.png' for k in range(12)], (40, 40, 200))
+    make_images(work / 'new', ['a.png', 'b.png', 'c.jpg'], (200, 40, 40))
+    def script(name, *args):
+        exe = py.parent / name
+        r = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=600, cwd=work,
+                           env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ''})
+        assert r.returncode == 0, f"{name}: {r.stderr[-3000:]}"
+        return r
+    where = subprocess.run([str(py), '-c', 'import cpixelcnn.cli; print(cpixelcnn.cli.__file__)'], capture_output=True, text=True,
+                           cwd=work, env={**os.environ, 'PYTHONPATH': ''})
+    assert Path(where.stdout.strip()).is_relative_to(env_site), (where.stdout, where.stderr[-2000:])
+    script('cpixelcnn_train', '--data', 'data', '--out', 'run', '--image_size', '8', '--nr_filters', '8', '--nr_logistic_mix', '2',
+           '--batch_size', '8', '--max_steps', '2', '--minutes', 'none', '--n_samples_per_class', '0')
+    assert (work / 'run/checkpoint.pt').is_file()
+    r = script('cpixelcnn_classify', '--checkpoint', 'run', '--data', 'new', '--out', 'preds.csv')
+    rows = (work / 'preds.csv').read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith('path,label,class') and all(l.split(',')[2] in ('blue', 'red') for l in rows[1:]), rows
