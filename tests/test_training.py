@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpixelcnn import loop, trainer as trainer_module
+from cpixelcnn import loop, predict, trainer as trainer_module
 from cpixelcnn.data import builtin_dataset
 from cpixelcnn.trainer import (Callback, Interrupted, RunBar, RunLock, TrainConfig, Trainer, TrainingDiverged, check_interrupt,
                                load_checkpoint, load_model, stop_signals, train)
@@ -291,3 +291,22 @@ def test_load_model_refuses_a_config_that_does_not_fit_before_allocating(tmp_pat
     ck = torch.load(p, weights_only=True)
     torch.save({**ck, 'model_config': {**ck['model_config'], 'nr_filters': 3000}}, p)
     with pytest.raises(ValueError, match='do not fit its model config'): load_model(tmp_path / 'run')
+
+
+# ---------------------------------------------------------------------------------------------------------------- format 1
+FORMAT_1_RUN = Path(__file__).parent / 'fixtures' / 'checkpoint-format-1.pt'   # written by cpixelcnn 0.1.0 before TrainState
+
+def test_checkpoint_of_format_1_still_loads():
+    "A checkpoint of the layout before TrainState loads with load_model (weights, image size, classes, prior), and says it cannot be resumed"
+    ck = torch.load(FORMAT_1_RUN, weights_only=True)
+    assert ck['format'] == 'cpixelcnn-train-1'
+    for ema in (True, False):
+        m = load_model(FORMAT_1_RUN, ema=ema, device='cpu')
+        want = ck['ema']['model'] if ema else ck['model']
+        assert all(torch.equal(v, want[k]) for k, v in m.state_dict().items())
+        assert (m.image_size, m.classes, m.fusion) == (ck['image_size'], ck['classes'], ck['model_config']['fusion'])
+        assert torch.allclose(m.log_prior, ck['log_prior'])
+    x = torch.rand(2, 1, 8, 8).mul(255).round().div(127.5).sub(1)
+    pred, logp, ll = predict(m, x)
+    assert torch.isfinite(ll).all() and pred.shape == (2,)
+    with pytest.raises(ValueError, match='earlier version.*cannot be resumed'): load_checkpoint(FORMAT_1_RUN)
