@@ -18,7 +18,7 @@ SETTINGS.read(ROOT / 'settings.ini', encoding='utf-8')
 SETTINGS = SETTINGS['DEFAULT']
 DOCS = SETTINGS['doc_host'] + SETTINGS['doc_baseurl']                                    # the docs site
 FILES = SETTINGS['git_url'].replace('https://github.com/', 'https://raw.githubusercontent.com/') + f"/{SETTINGS['branch']}/nbs"
-MAX_MINUTES, MAX_CELL_LINES, MAX_README_WORDS = 40, 80, 900
+MAX_MINUTES, MAX_MAIN_MINUTES, MAX_CELL_LINES, MAX_README_WORDS = 40, 30, 80, 900
 LESSONS = sorted(NBS.glob('0[0-9]_*.ipynb'))
 
 def cells(path):
@@ -64,37 +64,84 @@ def test_lesson_is_forward_only(nb):
     later = sorted(m for m in imported_modules(nb) if order.get(m, -1) > int(nb.name[:2]))
     assert not later, f"{nb.name} imports {later}, built only in later notebooks"
 
+def sections(path):
+    "The notebook's cells grouped by its '## ' headings: [(heading in lower case, [(cell_type, source), ...]), ...]"
+    out = [('', [])]
+    for t, s in cells(path):
+        h = next((l[3:].strip().lower() for l in s.splitlines() if l.startswith('## ')), None) if t == 'markdown' else None
+        if h is not None: out.append((h, []))
+        out[-1][1].append((t, s))
+    return out
+
+def minutes(cs):
+    "Reading time of cells: markdown words / 200 + code lines / 15"
+    return sum(len(s.split()) for t, s in cs if t == 'markdown') / 200 + sum(len(code_lines(s)) for t, s in cs if t == 'code') / 15
+
+def split_minutes(path):
+    "(minutes of the main line, minutes of the final 'Library details' section)"
+    secs = sections(path)
+    return minutes([c for h, cs in secs if h != 'library details' for c in cs]), minutes([c for h, cs in secs if h == 'library details' for c in cs])
+
+def in_section(path, *names):
+    "The cells of the '## ' sections whose heading starts with one of `names`"
+    return [c for h, cs in sections(path) if h.startswith(names) for c in cs]
+
 @pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
 def test_lesson_length(nb):
-    assert reading_minutes(nb) <= MAX_MINUTES, f"{nb.name} reads in {reading_minutes(nb):.1f} minutes (at most {MAX_MINUTES})"
+    main, details = split_minutes(nb)
+    assert main + details <= MAX_MINUTES, f"{nb.name} reads in {main + details:.1f} minutes (at most {MAX_MINUTES})"
+    assert main <= MAX_MAIN_MINUTES, f"{nb.name}'s main line reads in {main:.1f} minutes (at most {MAX_MAIN_MINUTES}; 'Library details' not counted)"
     big = max((len(code_lines(s)), s.splitlines()[0] if s else '') for t, s in cells(nb) if t == 'code')
     assert big[0] <= MAX_CELL_LINES, f"{nb.name} has a {big[0]}-line code cell (at most {MAX_CELL_LINES}), starting {big[1]!r}"
 
 @pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
-def test_lesson_ends_with_summary_and_exercises(nb):
-    hs = [h.lower() for h in headings(nb)]
-    h2 = [h for h in hs if h.startswith('## ')]
-    for name in ('what you built', 'exercises', 'solutions'):
-        assert any(name in h for h in h2), f"{nb.name} has no '## {name.capitalize()}' section"
-    assert h2.index(next(h for h in h2 if 'what you built' in h)) < h2.index(next(h for h in h2 if 'exercises' in h)) \
-        < h2.index(next(h for h in h2 if 'solutions' in h)), f"{nb.name}: the order must be What you built, Exercises, Solutions"
-    n = sum(h.startswith('### exercise') for h in hs)
+def test_lesson_ends_with_summary_exercises_and_references(nb):
+    "The lesson's last sections: What you built, Exercises, Solutions, References (with links), then Library details if any"
+    h2 = [h for h, _ in sections(nb)[1:]]
+    order = [next((i for i, h in enumerate(h2) if h.startswith(name)), None) for name in ('what you built', 'exercises', 'solutions', 'references')]
+    assert None not in order, f"{nb.name} lacks a '## ' section of {['What you built', 'Exercises', 'Solutions', 'References']}: it has {h2}"
+    assert order == sorted(order), f"{nb.name}: the order must be What you built, Exercises, Solutions, References; it is {h2}"
+    if 'library details' in h2: assert h2[-1] == 'library details', f"{nb.name}: 'Library details' must be the last section, not {h2}"
+    links = re.findall(r'\]\((https?://[^)]+)\)', '\n'.join(s for t, s in in_section(nb, 'references')))
+    assert links, f"{nb.name}: its References section links no paper"
+    n = sum(h.startswith('### exercise') for h in (x.lower() for x in headings(nb)))
     assert 2 <= n <= 4, f"{nb.name} has {n} '### Exercise' headings (2-4 wanted)"
 
 @pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
-def test_exercises_have_checks_and_solutions(nb):
-    "Every exercise has a learner cell that tests skip and a check; the Solutions section runs code that calls the checks"
-    cs = cells(nb)
-    ex = next(i for i, (t, s) in enumerate(cs) if t == 'markdown' and re.search(r'^##\s+Exercises', s, re.M | re.I))
-    sol = next(i for i, (t, s) in enumerate(cs) if t == 'markdown' and re.search(r'^##\s+Solutions', s, re.M | re.I))
-    learner = [s for t, s in cs[ex:sol] if t == 'code' and re.search(r'^#\|\s*eval:\s*false', s, re.M)]
-    checks = set(re.findall(r'def\s+(check\w*)\s*\(', '\n'.join(s for t, s in cs[ex:sol] if t == 'code')))
-    assert checks, f"{nb.name}: the exercises define no check function (def check_...)"
-    assert learner, f"{nb.name}: no learner cell (marked '#| eval: false') among the exercises"
-    solved = '\n'.join(s for t, s in cs[sol:] if t == 'code' and not re.search(r'^#\|\s*eval:\s*false', s, re.M))
-    unsolved = sorted(c for c in checks if not re.search(rf'\b{c}\s*\(', solved))
-    assert not unsolved, f"{nb.name}: the Solutions section never runs {unsolved}"
-    assert 'test_fail' in solved or 'raises' in solved, f"{nb.name}: no solution shows a wrong answer failing its check"
+def test_exercises_run_blank_and_teach(nb):
+    """Run All goes through the lesson with the exercises blank: no cell is left to nbdev (`#| eval: false`, `#| slow`).
+    Every check is an `@exercise`; in 00-08 at least one exercise is a function to write (its body raises
+    NotImplementedError); the Solutions run every check on the reference answer (`test_right`) and on a wrong one (`test_hint`)."""
+    src = '\n'.join(s for t, s in cells(nb) if t == 'code')
+    skipped = re.findall(r'^#\|\s*(eval:\s*false|slow)\b', src, re.M)
+    assert not skipped, f"{nb.name} has cells Jupyter's Run All would run but the tests would skip: {skipped}"
+    assert 'from cpixelcnn.exercises import' in src, f"{nb.name} does not use cpixelcnn.exercises for its checks"
+    ex = '\n'.join(s for t, s in in_section(nb, 'exercises') if t == 'code')
+    checks = re.findall(r'@exercise\([^\n]*\)\s*\ndef\s+(\w+)\s*\(', ex)
+    assert checks, f"{nb.name}: the exercises define no check (`@exercise(...)` above a `def check_...`)"
+    if int(nb.name[:2]) <= 8:
+        assert re.search(r'^\s+raise NotImplementedError', ex, re.M), f"{nb.name}: no exercise asks for a function to write (a body that raises NotImplementedError)"
+    sol = '\n'.join(s for t, s in in_section(nb, 'solutions') if t == 'code')
+    for c in checks:
+        assert re.search(rf'test_right\(\s*{c}\b', sol), f"{nb.name}: the Solutions never run {c} on the reference answer (test_right)"
+        assert re.search(rf'test_hint\(\s*{c}\b', sol), f"{nb.name}: the Solutions never run {c} on a wrong answer (test_hint)"
+
+MACHINE_PATH = re.compile(r'/tmp/|/home/|/root/|/work/|/Users/|[A-Z]:\\\\Users')
+
+@pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
+def test_saved_outputs_are_clean(nb):
+    "What a reader sees below the cells: no stderr, no error, no machine path, no progress bar left part-way, no hidden thread setting"
+    bad = []
+    for i, c in enumerate(json.loads(nb.read_text())['cells']):
+        if c['cell_type'] != 'code': continue
+        if 'set_num_threads' in ''.join(c['source']): bad.append(f'cell {i}: sets the torch threads')
+        for o in c.get('outputs', []):
+            text = json.dumps(o)
+            if o.get('output_type') == 'error': bad.append(f"cell {i}: an error ({o.get('ename')})")
+            if o.get('name') == 'stderr': bad.append(f'cell {i}: stderr')
+            if MACHINE_PATH.search(text): bad.append(f'cell {i}: a machine path')
+            if any(v != m for v, m in re.findall(r"<progress value='(\d+)'[^>]*max='(\d+)'", text)): bad.append(f'cell {i}: a progress bar frozen part-way')
+    assert not bad, f"{nb.name}: " + '; '.join(bad)
 
 def test_lessons_open_with_what_you_build():
     "After the title, the first paragraph says what the lesson builds"
@@ -120,7 +167,8 @@ def course_table():
     for nb in LESSONS:
         built = title(nb)
         mods = ', '.join(f'`cpixelcnn.{m}`' for m in sorted(exported_modules(nb), key=lambda m: m != exported_modules(nb)[-1]))
-        rows.append(f"| [{nb.name[:2]} {built}]({nb.name}) | {mods} | {reading_minutes(nb):.0f} |")
+        main, details = split_minutes(nb)
+        rows.append(f"| [{nb.name[:2]} {built}]({nb.name}) | {mods} | {main:.0f} | {details:.0f} |")
     return '\n'.join(rows)
 
 def results_table():
@@ -152,7 +200,7 @@ MARK = re.compile(r'(<!-- (course|results|quickstart) table -->\n)(?:[^<]*?\n)?(
 
 def fill(md):
     "index markdown with its generated tables rewritten"
-    tables = dict(course='| lesson | module | minutes |\n|---|---|---|\n' + course_table(), results=results_table(), quickstart=quickstart_table())
+    tables = dict(course='| lesson | module | minutes | + library details |\n|---|---|---|---|\n' + course_table(), results=results_table(), quickstart=quickstart_table())
     return MARK.sub(lambda m: m.group(1) + tables[m.group(2)] + '\n' + m.group(3), md)
 
 def index_markdown():
