@@ -1,8 +1,11 @@
 """The tests' one notebook runner: pytest runs every notebook in `nbs/` top to bottom in a real Jupyter kernel (nbclient),
-one test per notebook, cell by cell as Jupyter's Run All does, in the notebook's folder. It leaves out only what nbdev's
-directives (read by nbdev's own parser) mark as not for a test run: cells flagged with one of settings.ini's `tst_flags`
-(`#| slow`: long runs, kept with their saved outputs) and `#| eval: false` cells (an exercise's blank, which the learner
-fills in). `CPIXELCNN_TEST_FLAGS=slow` runs the slow cells too, and the tests marked `@pytest.mark.slow`.
+one test per notebook, cell by cell as Jupyter's Run All does, in the notebook's folder.
+- A lesson (00-09) runs exactly as a learner's Run All: every code cell, whatever nbdev directive it carries (a lesson has no
+  `#| eval: false` or `#| slow` cell: tests/test_course.py checks that).
+- Any other notebook (the appendix 10-17, index, glossary, exercises) leaves out what nbdev's directives (read by nbdev's own
+  parser) mark as not for a test run: cells flagged with one of settings.ini's `tst_flags` (`#| slow`: long runs, kept with
+  their saved outputs) and `#| eval: false` cells. `CPIXELCNN_TEST_FLAGS=slow` runs the slow cells too, and the tests marked
+  `@pytest.mark.slow`.
 One more test builds the docs' notebooks the way the docs site does (`nbdev_proc_nbs`)."""
 import os, subprocess, sys
 from pathlib import Path
@@ -32,10 +35,15 @@ def pytest_collect_file(parent, file_path):
 
 class NotebookError(Exception): pass
 
-def left_out(cell, flags:set) -> bool:
-    "Whether a test run leaves `cell` out: markdown, `#| eval: false`, or a directive among `flags`"
+def is_lesson(path:Path) -> bool:
+    "A lesson of the course path: nbs/00_*.ipynb to nbs/09_*.ipynb"
+    return path.parent.name == 'nbs' and path.name[:2].isdigit() and path.name[0] == '0' and path.name[2] == '_'
+
+def left_out(cell, flags:set, lesson:bool=False) -> bool:
+    "Whether a test run leaves `cell` out: markdown; in a notebook other than a lesson, `#| eval: false` or a directive among `flags`"
     from nbdev.process import extract_directives
     if cell.cell_type != 'code': return True
+    if lesson: return False                                     # a lesson runs as Run All does: every code cell
     d = extract_directives(cell, remove=False)
     return d.get('eval:', [''])[0].lower() == 'false' or bool(flags & d.keys())
 
@@ -50,7 +58,7 @@ class NotebookItem(pytest.Item):
         from nbdev.config import get_config
         flags = set(get_config().tst_flags.split()) - run_flags()
         nb = nbformat.read(self.path, as_version=4)
-        nb.cells = [c for c in nb.cells if not left_out(c, flags)]
+        nb.cells = [c for c in nb.cells if not left_out(c, flags, is_lesson(self.path))]
         os.environ['IN_TEST'] = '1'
         client = NotebookClient(nb, timeout=3600, kernel_name='python3', resources={'metadata': {'path': str(self.path.parent)}},
                               extra_arguments=['--InteractiveShell.colors=nocolor'])
@@ -65,9 +73,11 @@ class DocsFile(pytest.File):
 
 class DocsItem(pytest.Item):
     def runtest(self):
-        r = subprocess.run([Path(sys.executable).parent / 'nbdev_proc_nbs'], cwd=ROOT, capture_output=True, text=True)
+        # nbdev_proc_nbs's own processing step: the command itself would first install Quarto where it is missing and
+        # re-install this package with pip, in the middle of a test run
+        r = subprocess.run([sys.executable, '-c', 'from nbdev.quarto import proc_nbs; proc_nbs()'], cwd=ROOT, capture_output=True, text=True)
         if r.returncode or 'Traceback' in r.stderr:
-            raise NotebookError(f'nbdev_proc_nbs failed (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
+            raise NotebookError(f'proc_nbs failed (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
         missing = [p.name for p in (ROOT / 'nbs').glob('[0-9]*.ipynb') if not (ROOT / '_proc' / p.name).exists()]
         if missing: raise NotebookError(f'nbdev_proc_nbs did not write {missing} to _proc/')
     def repr_failure(self, excinfo):

@@ -26,7 +26,8 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 requirements = shlex.split(cfg.get('requirements', ''))
 min_python = cfg['min_python']
 fid_requirements = (cfg.get('fid_requirements') or '').split()
-dev_requirements = (cfg.get('dev_requirements') or '').split() + fid_requirements
+course_requirements = (cfg.get('course_requirements') or '').split()
+dev_requirements = course_requirements + (cfg.get('dev_requirements') or '').split() + fid_requirements
 
 setuptools.setup(
     name = cfg['lib_name'],
@@ -42,7 +43,7 @@ setuptools.setup(
     packages = setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     package_data = {cfg['lib_name']: cfg.get('package_data', '').split()},
     install_requires = requirements,
-    extras_require={'dev': dev_requirements, 'fid': fid_requirements},
+    extras_require={'course': course_requirements, 'dev': dev_requirements, 'fid': fid_requirements},
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),
     long_description_content_type = 'text/markdown',

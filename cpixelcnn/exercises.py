@@ -20,6 +20,7 @@ class Result:
     status: str
     text: str
     def __repr__(self): return self.text
+    def _ipython_display_(self): pass       # Jupyter: the check printed its line already
 
 # %% ../nbs/exercises.ipynb #db178415
 def is_blank(answer) -> bool:

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['accuracy', 'confusion_matrix', 'f1_scores', 'macro_f1', 'plot_confusion', 'calibration_bins',
-           'expected_calibration_error', 'reliability_plot', 'fit_temperature', 'gaussian_stats', 'frechet_distance',
-           'SmallCNN', 'train_judge', 'judge_predictions', 'per_class_accuracy', 'sample_accuracy',
-           'mean_pairwise_distance', 'diversity', 'sample_quality', 'quality_line', 'judge_for']
+           'expected_calibration_error', 'reliability_plot', 'gaussian_stats', 'frechet_distance', 'SmallCNN',
+           'train_judge', 'judge_predictions', 'per_class_accuracy', 'sample_accuracy', 'mean_pairwise_distance',
+           'diversity', 'fit_temperature', 'sample_quality', 'quality_line', 'judge_for']
 
 # %% ../nbs/05_metrics.ipynb #79d56979
 import math
@@ -108,25 +108,6 @@ def reliability_plot(probs:torch.Tensor, target:torch.Tensor, n_bins:int=15, ax:
     ax.legend(loc='upper left', fontsize='small')
     return ax
 
-# %% ../nbs/05_metrics.ipynb #c782140a
-def fit_temperature(logits:torch.Tensor, # (N, K) unnormalised log-probabilities, e.g. log p(x|k) + log p(k)
-                    target:torch.Tensor, # (N,) true labels
-                    t_min:float=1e-2,    # search interval for T
-                    t_max:float=1e2,
-                    iters:int=60,        # golden-section steps; the interval in log T shrinks by 0.618 per step
-                   ) -> float:
-    "Temperature T > 0 minimising the NLL of softmax(logits / T), by golden-section search on log T."
-    z, y = logits.double(), target.long()
-    nll = lambda log_t: F.cross_entropy(z / math.exp(log_t), y).item()
-    g = (math.sqrt(5) - 1) / 2
-    a, b = math.log(t_min), math.log(t_max)
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = nll(c), nll(d)
-    for _ in range(iters):
-        if fc < fd: b, d, fd = d, c, fc; c = b - g * (b - a); fc = nll(c)
-        else:       a, c, fc = c, d, fd; d = a + g * (b - a); fd = nll(d)
-    return math.exp((a + b) / 2)
-
 # %% ../nbs/05_metrics.ipynb #ec300f81
 def gaussian_stats(features:torch.Tensor|np.ndarray, # (N, D) feature vectors, N >= 2
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +190,25 @@ def diversity(x:torch.Tensor, y:torch.Tensor, real_x:torch.Tensor, real_y:torch.
     "Per class: mean pairwise distance of the images x of class k over that of the real images of class k"
     return [mean_pairwise_distance(x[y == k]) / mean_pairwise_distance(real_x[real_y == k]) for k in range(n_classes)]
 
+# %% ../nbs/05_metrics.ipynb #c782140a
+def fit_temperature(logits:torch.Tensor, # (N, K) unnormalised log-probabilities, e.g. log p(x|k) + log p(k)
+                    target:torch.Tensor, # (N,) true labels
+                    t_min:float=1e-2,    # search interval for T
+                    t_max:float=1e2,
+                    iters:int=60,        # golden-section steps; the interval in log T shrinks by 0.618 per step
+                   ) -> float:
+    "Temperature T > 0 minimising the NLL of softmax(logits / T), by golden-section search on log T."
+    z, y = logits.double(), target.long()
+    nll = lambda log_t: F.cross_entropy(z / math.exp(log_t), y).item()
+    g = (math.sqrt(5) - 1) / 2
+    a, b = math.log(t_min), math.log(t_max)
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(iters):
+        if fc < fd: b, d, fd = d, c, fc; c = b - g * (b - a); fc = nll(c)
+        else:       a, c, fc = c, d, fd; d = a + g * (b - a); fd = nll(d)
+    return math.exp((a + b) / 2)
+
 # %% ../nbs/05_metrics.ipynb #b65c8ad6
 def sample_quality(judge:nn.Module, x:torch.Tensor, y:torch.Tensor, real:ImageSet) -> dict:
     "Sample accuracy (overall, per class), the judge's accuracy on the held-out `real` images, and diversity of samples x with labels y"
@@ -224,6 +224,7 @@ def quality_line(q:dict) -> str:
     return (f"sample accuracy {q['sample_accuracy']:.3f} of {q['n_samples']} samples (the judge scores {q['judge_accuracy']:.3f} "
             f"on {q['n_real']} held-out images), diversity {q['diversity']:.2f} of the real images")
 
+# %% ../nbs/05_metrics.ipynb #7eb09268
 def judge_for(folder:str|Path, # a run folder: the judge is cached there as judge.safetensors
               data:ImageSet,    # the training images
               **kwargs          # for `train_judge`

@@ -67,14 +67,6 @@ def coupled_means(x:torch.Tensor, # images (B, C, H, W) in [-1, 1]
                         means[:, 2] + coeffs[:, 1] * r + coeffs[:, 2] * g], 1)
 
 # %% ../nbs/01_mixture.ipynb #a95468d5
-def _check_pair(x, params):
-    "Raise a ValueError unless `x` (B, C, H, W) and `params` (B, n*M, H, W) fit together"
-    if not isinstance(x, torch.Tensor) or not isinstance(params, torch.Tensor): raise ValueError("x and params must be torch tensors")
-    if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f"x must have shape (B, C, H, W) with C in {{1, 3}}, got {tuple(x.shape)}")
-    if params.ndim != 4: raise ValueError(f"params must have shape (B, n*M, H, W), got {tuple(params.shape)}")
-    if params.shape[0] != x.shape[0] or params.shape[2:] != x.shape[2:]:
-        raise ValueError(f"params {tuple(params.shape)} do not match x {tuple(x.shape)}: batch size and H, W must be equal")
-
 def dmol_log_prob_pixels(x:torch.Tensor, # images (B, C, H, W) on the 256-level grid in [-1, 1]
                          params:torch.Tensor # network output (B, 10*M, H, W) for RGB, (B, 3*M, H, W) for grey
                         ) -> torch.Tensor:
@@ -129,3 +121,12 @@ def dmol_sample(params:torch.Tensor, # network output (B, n*M, H, W)
         u = noise[:, M + c]
         xs.append(to_grid(mu + pick(log_scales[:, c]).exp() * (torch.log(u) - torch.log1p(-u))))
     return torch.stack(xs, 1)
+
+# %% ../nbs/01_mixture.ipynb #6692af89
+def _check_pair(x, params):
+    "Raise a ValueError unless `x` (B, C, H, W) and `params` (B, n*M, H, W) fit together"
+    if not isinstance(x, torch.Tensor) or not isinstance(params, torch.Tensor): raise ValueError("x and params must be torch tensors")
+    if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f"x must have shape (B, C, H, W) with C in {{1, 3}}, got {tuple(x.shape)}")
+    if params.ndim != 4: raise ValueError(f"params must have shape (B, n*M, H, W), got {tuple(params.shape)}")
+    if params.shape[0] != x.shape[0] or params.shape[2:] != x.shape[2:]:
+        raise ValueError(f"params {tuple(params.shape)} do not match x {tuple(x.shape)}: batch size and H, W must be equal")

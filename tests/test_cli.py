@@ -174,6 +174,32 @@ def test_missing_checkpoint_installed(tmp_path):
     assert 'Traceback' not in r.stderr and str(tmp_path / 'no-run') in assert_one_error_line('cpixelcnn_sample', r, 1)
 
 
+@pytest.mark.parametrize('name', ['cpixelcnn_classify', 'cpixelcnn_eval'])
+def test_signal_stops_a_scoring_pass_between_batches(trained, tmp_path, capsys, name):
+    """SIGTERM while the first batch is scored: the script stops before the second batch (exit 143, one line, nothing written),
+    not at the end of the pass. A forward hook counts the modules the network runs, and sends the signal"""
+    import signal, torch
+    from cpixelcnn.classify import classify_dataset
+    from cpixelcnn.data import get_dataset
+    from cpixelcnn.trainer import load_model
+    run_dir, _ = trained
+    calls, send_at = [], []
+    def on_forward(module, args):
+        calls.append(module)
+        if len(calls) in send_at: os.kill(os.getpid(), signal.SIGTERM)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(on_forward)
+    try:
+        classify_dataset(load_model(run_dir), get_dataset('builtin', 'test', 8).subset(torch.arange(4)), batch_size=4)   # one batch
+        per_batch = len(calls)
+        calls.clear(); send_at.append(1)                                  # SIGTERM as the first batch starts
+        out = tmp_path / 'out'
+        r = call(name, ['--checkpoint', run_dir, '--data', 'builtin', '--split', 'test', '--batch_size', 4, '--out', out], capsys)
+    finally: hook.remove()
+    assert 'SIGTERM' in assert_one_error_line(name, r, 128 + signal.SIGTERM)
+    assert len(calls) == per_batch, f"{name} ran {len(calls) / per_batch:.0f} batches after SIGTERM, not 1"
+    assert not out.exists()
+
+
 # ---- options described once, in data the program reads at run time -----------------------------------------------------------
 
 def test_train_help_from_field_metadata(capsys):

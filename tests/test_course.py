@@ -152,6 +152,74 @@ def test_lessons_open_with_what_you_build():
         if not re.search(r'you will build|you build|you will|in this lesson', opening): missing.append(nb.name)
     assert not missing, f"these lessons do not open with what the learner builds: {missing}"
 
+# ---- the glossary ---------------------------------------------------------------------------------------------------
+
+GLOSSARY = NBS / 'glossary.ipynb'
+# terms whose words are unambiguous in any lesson: a lesson before the one that explains a term links its glossary entry
+TERMS = {'ema': r'\bEMA\b', 'film': r'\bFiLM\b', 'ddp': r'\bDDP\b|DistributedDataParallel', 'u-net': r'\bU-Net\b', 'bfloat16': r'\bbfloat16\b',
+         'avx512-amx': r'\bAVX-?512|\bAMX\b', 'inductor': r'\binductor\b|torch\.compile', 'fid': r'\bFID\b', 'gumbel-max': r'\bGumbel',
+         'weight-normalization': r'\b[Ww]eight[- ]norm', 'bits-per-dimension': r'\bbits per dimension\b|\bbits/dim\b|\bBPD\b',
+         'blind-spot': r'\bblind spot\b'}
+
+def heading_id(heading:str) -> str:
+    "The id the docs site (Quarto, pandoc) gives a heading: lower case, punctuation but - _ . dropped, spaces to hyphens"
+    return re.sub(r'\s+', '-', re.sub(r'[^\w\s.-]', '', heading.lower()).strip())
+
+def glossary_entries() -> dict:
+    "{anchor: (term, the numbered notebooks the entry names, in order)} of nbs/glossary.ipynb: each '### Term' cell, by its heading's id and its `<a id>` anchors"
+    out = {}
+    for t, s in cells(GLOSSARY):
+        if t != 'markdown' or not s.startswith('### '): continue
+        term = s.splitlines()[0][4:].strip()
+        nbs = [n for n, _ in re.findall(r'\]\(((\d\d)_\w+\.ipynb)\)', s)]
+        for a in [heading_id(term)] + re.findall(r'<a id="([\w.-]+)"></a>', s):
+            assert a not in out, f"glossary: anchor {a} twice"
+            out[a] = (term, nbs)
+    return out
+
+def test_glossary_entries():
+    "Every entry has an anchor, names the notebook that explains it (one that exists), and the terms the lessons need are there"
+    entries = glossary_entries()
+    assert entries, "nbs/glossary.ipynb has no entries (a markdown cell each: '### Term', then the text)"
+    for a, (term, nbs) in entries.items():
+        assert nbs, f"glossary: '{term}' names no lesson that explains it"
+        assert all((NBS / n).is_file() for n in nbs), f"glossary: '{term}' links a notebook that does not exist: {nbs}"
+    needed = set(TERMS) | {'mixture-of-logistics', 'likelihood', 'posterior', 'prior', 'calibration', 'sample-accuracy', 'receptive-field', 'raster-order'}
+    assert needed <= entries.keys(), f"the glossary lacks {sorted(needed - entries.keys())}"
+    inner = re.findall(r'\]\(#([\w-]+)\)', '\n'.join(s for _, s in cells(GLOSSARY)))
+    assert set(inner) <= entries.keys(), f"the glossary links anchors it lacks: {sorted(set(inner) - entries.keys())}"
+
+def test_glossary_links_resolve():
+    "Every `glossary.ipynb#anchor` link of every notebook names an entry that exists"
+    entries = glossary_entries()
+    bad = [f"{p.name}: #{a}" for p in sorted(NBS.glob('*.ipynb')) for t, s in cells(p) if t == 'markdown'
+           for a in re.findall(r'glossary\.ipynb#([\w-]+)', s) if a not in entries]
+    assert not bad, f"links to glossary entries that do not exist: {bad}"
+
+def test_index_links_the_glossary():
+    assert '](glossary.ipynb)' in '\n'.join(index_markdown())
+
+def points_to(cell:str, anchor:str, explainer:str) -> bool:
+    "Whether a markdown cell points to where a term is explained: its glossary entry, or the notebook that explains it"
+    num = explainer[:2]
+    return (f'glossary.ipynb#{anchor}' in cell or explainer.removesuffix('.ipynb') in cell
+            or bool(re.search(rf'\b(lesson|appendix|notebook)s?\b[^.]{{0,40}}?\b{num}\b', cell, re.I)))
+
+@pytest.mark.parametrize('nb', LESSONS, ids=lambda p: p.stem)
+def test_terms_before_their_lesson_have_a_pointer(nb):
+    """A lesson's first use of a term that only a later notebook explains comes with a pointer in the same cell: a link to the
+    term's glossary entry, or the explaining notebook named (`[bfloat16](glossary.ipynb#bfloat16)`, "(lesson 08)")"""
+    entries, k = glossary_entries(), int(nb.name[:2])
+    md = [s for t, s in cells(nb) if t == 'markdown']
+    early = []
+    for a, rx in TERMS.items():
+        explainer = entries[a][1][0]
+        if int(explainer[:2]) <= k: continue
+        first = next((s for s in md if re.search(rx, s)), None)
+        if first is not None and not points_to(first, a, explainer):
+            early.append(f"{re.search(rx, first)[0]!r} (explained in {explainer}): '...{first[max(0, re.search(rx, first).start() - 60):][:140]}...'")
+    assert not early, f"{nb.name} uses terms explained only later, with no pointer to the glossary or the lesson: " + '; '.join(early)
+
 # ---- the front page --------------------------------------------------------------------------------------------------
 
 APPENDIX_MIN = 10
@@ -243,14 +311,24 @@ def load_experiments():
     spec.loader.exec_module(mod)
     return mod
 
+COURSE_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[course]" && jupyter lab nbs/00_masks.ipynb'
+SETUP_COMMANDS = ['python3 -m venv .venv && . .venv/bin/activate && pip install -e . && cpixelcnn_train',   # install, run the default job
+                  'pip install -e ".[dev]" && pytest -n 2']                                               # the tests
+
 def test_readme_commands_exist():
-    "Every experiment the README quotes is one `python nbs/experiments.py` knows, and the set-up commands are there"
+    """README's shell blocks are the course command (take the course in JupyterLab) and exactly two set-up commands, each of
+    which works on a fresh machine from a clone; every experiment it quotes is one `python nbs/experiments.py` knows"""
     experiments = load_experiments().EXPERIMENTS
     text = (ROOT / 'README.md').read_text()
     for name in re.findall(r'python nbs/experiments\.py (\S+)', text): assert name in experiments, name
     assert 'cpixelcnn.experiments' not in text
-    assert 'pip install -e . && cpixelcnn_train' in text and 'pip install -e ".[dev]" && pytest -n 2' in text
-    assert 'pip install cpixelcnn\n' in text and 'pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu' in text
+    blocks = [b.strip() for b in re.findall(r'```sh\n(.*?)```', text, re.S) if 'pip install' in b]
+    assert blocks == [COURSE_COMMAND] + SETUP_COMMANDS, blocks
+    assert text.index('## Take the course') < text.index(COURSE_COMMAND), "the course command belongs under '## Take the course'"
+    lesson = Path(COURSE_COMMAND.split('jupyter lab ')[1])
+    assert (ROOT / lesson).is_file() and lesson.name == LESSONS[0].name, f"the course command opens {lesson}, not the first lesson"
+    assert not re.search(r'pip install cpixelcnn\b', text), "cpixelcnn is not on PyPI: `pip install cpixelcnn` fails"
+    assert 'pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu' in text
 
 def test_readme_links_are_absolute():
     "Every link and image of README.md is absolute, and each one into the project names a notebook or file that exists"

@@ -37,6 +37,39 @@ def test_closure_sees_extras():
     "The walk follows extras, so the test above can fail: [fid] brings pytorch-fid"
     assert 'pytorch-fid' in closure(extra='fid') and 'pytorch-fid' not in closure()
 
+def lesson_imports() -> dict:
+    """The top-level modules that lessons 00-09 import where a learner's Run All reaches them: {module: [notebooks]}. Left out:
+    the standard library, cpixelcnn itself, imports inside a function (run only if it is called) and imports guarded by
+    `except ImportError` (optional)"""
+    import ast, json
+    found = {}
+    for nb in sorted((ROOT / 'nbs').glob('0[0-9]_*.ipynb')):
+        for c in json.loads(nb.read_text())['cells']:
+            if c['cell_type'] != 'code': continue
+            tree = ast.parse('\n'.join(l for l in ''.join(c['source']).splitlines() if not l.lstrip().startswith(('%', '!'))))
+            skip = set()
+            for t in ast.walk(tree):
+                if isinstance(t, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)): skip |= {id(n) for n in ast.walk(t)}
+                if isinstance(t, ast.Try) and any(h.type is not None and {'ImportError', 'ModuleNotFoundError'} & {n.id for n in ast.walk(h.type) if isinstance(n, ast.Name)} for h in t.handlers):
+                    skip |= {id(n) for b in t.body for n in ast.walk(b)}
+            for t in ast.walk(tree):
+                if id(t) in skip: continue
+                names = [a.name for a in t.names] if isinstance(t, ast.Import) else [t.module] if isinstance(t, ast.ImportFrom) and t.module and not t.level else []
+                for m in {n.split('.')[0] for n in names} - set(sys.stdlib_module_names) - {'cpixelcnn'}: found.setdefault(m, []).append(nb.name)
+    return {m: sorted(set(v)) for m, v in found.items()}
+
+def test_course_extra_provides_what_the_lessons_import():
+    """`pip install -e ".[course]"` (README's way to take the course) installs every module a lesson imports, and a plain install
+    does not (the lessons import fastcore.test and nbdev.showdoc): the course needs its extra"""
+    owners = metadata.packages_distributions()
+    imports = lesson_imports()
+    assert {'torch', 'fastcore', 'nbdev'} <= imports.keys(), sorted(imports)
+    course, plain = closure(extra='course'), closure()
+    missing = {m: nbs for m, nbs in imports.items() if not {norm(d) for d in owners.get(m, [])} & course}
+    assert not missing, f"the [course] extra does not install what these lessons import: {missing}"
+    assert {'jupyterlab', 'ipykernel'} <= course, "the [course] extra must install JupyterLab and a kernel"
+    assert {'nbdev', 'fastcore'} <= course - plain, "a plain install already has nbdev and fastcore: the check above cannot fail"
+
 def test_fastprogress_without_fasthtml():
     assert not {norm(Requirement(r).name) for r in metadata.requires('fastprogress') or []} & WEB_FRAMEWORK
 
@@ -48,7 +81,13 @@ def test_classifiers_and_license():
 
 def test_extras():
     extras = set(metadata.metadata('cpixelcnn').get_all('Provides-Extra'))
-    assert {'dev', 'fid'} <= extras, extras
+    assert {'course', 'dev', 'fid'} <= extras, extras
+
+def test_dev_installs_the_course():
+    "[dev] (tests, docs) has every requirement of [course], so the tests run the lessons as a learner's install does"
+    reqs = metadata.requires('cpixelcnn')
+    of = lambda extra: {str(Requirement(r.split(';')[0])) for r in reqs if re.search(rf'extra\s*==\s*"{extra}"', r)}
+    assert of('course') and of('course') <= of('dev'), of('course') - of('dev')
 
 def test_dev_changes_no_user_package():
     "[dev] adds tools; every package a plain install pulls is required by [dev] in a range the plain install also allows"
@@ -161,7 +200,7 @@ def test_wheel_metadata(wheel):
     assert 'License :: OSI Approved :: Apache Software License' in md.get_all('Classifier')
     assert (md.get('License-Expression') or md.get('License')) == 'Apache-2.0'
     page = md.get_payload()                                             # the long description: README.md
-    assert 'pip install cpixelcnn' in page and re.findall(r'\]\((?!https://)[^)]*\)', page) == []   # links work off GitHub
+    assert 'pip install -e ".[course]"' in page and re.findall(r'\]\((?!https://)[^)]*\)', page) == []   # links work off GitHub
 
 def test_wheel_contents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
