@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 # The common path, importable from the package itself: train, load, share, sample, classify.
 # Loaded on first use, so that `import cpixelcnn` (and a console script's start) stays light.
 _LAZY = dict(TrainConfig='trainer', train='trainer', load_model='trainer', save_pretrained='model', from_pretrained='model',
-             sample='sampling', predict='classify')
+             Callback='trainer', sample='sampling', predict='classify')
 __all__ = list(_LAZY)
 
 def __getattr__(name):

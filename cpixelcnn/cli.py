@@ -394,7 +394,7 @@ def classify_to_csv(checkpoint:str|os.PathLike, data:str|os.PathLike|None=None, 
     size = image_size_of(model, checkpoint)
     ds = run_data_split(cfg, data, size)[1] if split == 'val' else images_for(model, data, split or default_split(data), size)
     lp = model.log_prior if prior == 'train' else torch.full((model.n_classes,), -math.log(model.n_classes))
-    df, m = classify_dataset(model, ds, batch_size, lp, tta_flip, compile=compile, amp=use_amp(amp, model.log_prior.device),
+    df, m = classify_dataset(model, ds, batch_size, lp, tta_flip, compile=compile, amp=use_amp(amp, next(model.parameters()).device),
                              between_batches=check_interrupt)           # safe points: between two batches, and before writing
     check_interrupt()
     return df, m, write_predictions(df, out, format)
@@ -475,7 +475,7 @@ def evaluate_checkpoint(checkpoint:str|os.PathLike, data:str|os.PathLike|None=No
     if run_val or sample_accuracy:                                     # the run's split; a shared model's judge learns from data's train split
         train_set, val_set = run_data_split(cfg, data, size) if cfg else (get_dataset(data, 'train', size), None)
     ds = val_set if run_val else images_for(model, data, split, size)
-    _, m = classify_dataset(model, ds, batch_size, model.log_prior, compile=compile, amp=use_amp(amp, model.log_prior.device),
+    _, m = classify_dataset(model, ds, batch_size, model.log_prior, compile=compile, amp=use_amp(amp, next(model.parameters()).device),
                             between_batches=check_interrupt)            # safe points: between two batches scored, after sampling, FID
     check_interrupt()
     r = dict(bpd=m['bpd'], **{k: m[k] for k in ('accuracy', 'macro_f1') if k in m})

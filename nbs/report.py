@@ -24,9 +24,9 @@ from cpixelcnn.trainer import TrainConfig, load_checkpoint, load_model, train
 
 REPORT_FRAC, REPORT_SEED, TUNING_SEEDS = 0.10, 455, (0, 1, 2)   # the report split: 10% of each class, seeded; never in a tuning hold-out
 ROWS = {  # name -> (what the README calls it, how it is run)
-    'defaults': ("`cpixelcnn_train --data <course data> --minutes 20`, as typed: the defaults", 'cli'),
+    'defaults': ("the defaults: `cpixelcnn_train --data <course data> --minutes 20`, the cross-entropy from the first step", 'cli'),
     'plain': ("plain likelihood: head fusion, batches of 16, bfloat16, compiled", 'head-cosine-2c-bf16-b16'),
-    'hybrid': ("hybrid recipe: the defaults, with the cross-entropy from half-way", 'hybrid-head-2c-bf16-b16-w05-start05'),
+    'hybrid': ("hybrid recipe: as plain, with the cross-entropy (weight 0.5, T = 30) from half-way", 'hybrid-head-2c-bf16-b16-w05-start05'),
     'cnn': ("small discriminative CNN (94k parameters)", 'cnn'),
 }
 

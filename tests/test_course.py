@@ -5,7 +5,7 @@ absolute (the package index shows README.md without the repository around it).
 `python tests/test_course.py` rewrites the generated tables in nbs/index.ipynb and README.md from the notebooks and
 nbs/results; the tests below fail whenever either has drifted. It is README.md's only writer: settings.ini turns nbdev's
 own nbdev_readme off."""
-import configparser, importlib.util, json, re
+import configparser, importlib.util, json, re, subprocess, sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +18,7 @@ SETTINGS.read(ROOT / 'settings.ini', encoding='utf-8')
 SETTINGS = SETTINGS['DEFAULT']
 DOCS = SETTINGS['doc_host'] + SETTINGS['doc_baseurl']                                    # the docs site
 FILES = SETTINGS['git_url'].replace('https://github.com/', 'https://raw.githubusercontent.com/') + f"/{SETTINGS['branch']}/nbs"
-MAX_MINUTES, MAX_MAIN_MINUTES, MAX_CELL_LINES, MAX_README_WORDS = 40, 30, 80, 900
+MAX_MINUTES, MAX_MAIN_MINUTES, MAX_CELL_LINES, MAX_README_WORDS = 40, 30, 80, 1150
 LESSONS = sorted(NBS.glob('0[0-9]_*.ipynb'))
 
 def cells(path):
@@ -223,13 +223,6 @@ def test_terms_before_their_lesson_have_a_pointer(nb):
 # ---- the front page --------------------------------------------------------------------------------------------------
 
 APPENDIX_MIN = 10
-RESULTS = [  # (what, experiment, seeds): rows of the results table, all at 20 minutes
-    ('plain likelihood, middle fusion, batches of 32, 1 core', 'middle', '0 1 2'),
-    ('plain likelihood, head fusion, batches of 16, both cores, bfloat16', 'head-cosine-2c-bf16-b16', '0 1 2'),
-    ('**hybrid recipe**: head fusion, cross-entropy weight 0.5 at T = 30 from half-way', 'hybrid-head-2c-bf16-b16-w05-start05', '0 1 2'),
-    ('small discriminative CNN (94k parameters)', 'cnn', '0'),
-]
-
 def course_table():
     rows = []
     for nb in LESSONS:
@@ -239,18 +232,60 @@ def course_table():
         rows.append(f"| [{nb.name[:2]} {built}]({nb.name}) | {mods} | {main:.0f} | {details:.0f} |")
     return '\n'.join(rows)
 
+def load_script(name:str):
+    "A script beside the notebooks (nbs/experiments.py, nbs/report.py), imported as a module"
+    sys.path.insert(0, str(NBS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, NBS / f'{name}.py')
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally: sys.path.remove(str(NBS))
+    return mod
+
+def report_rows() -> pd.DataFrame:
+    "nbs/results/report.csv (written by `python nbs/report.py`), a row per (setting, seed), in the table's order"
+    r = pd.read_csv(NBS / 'results' / 'report.csv')
+    order = list(load_script('report').ROWS)
+    assert set(r.row) <= set(order), f"report.csv has rows {set(r.row) - set(order)} that nbs/report.py does not know"
+    return r.sort_values(['row', 'seed'], key=lambda c: c.map(order.index) if c.name == 'row' else c)
+
+def spread(g:pd.Series, fmt:str='.2f') -> str:
+    "The mean of a column over seeds, and its range when there are several"
+    lo, hi = g.min(), g.max()
+    return f"{g.mean():{fmt}}" + (f" ({lo:{fmt}}-{hi:{fmt}})" if len(g) > 1 and f"{lo:{fmt}}" != f"{hi:{fmt}}" else '')
+
 def results_table():
-    r = pd.read_csv(NBS / 'results' / 'experiments.csv').query('minutes == 20')
-    lines = ['| run (20 minutes, 2-core CPU) | seeds | val bits/dim | accuracy | sample accuracy (judge) | command |', '|---|---|---|---|---|---|']
-    for what, name, seeds in RESULTS:
-        g = r[r.experiment == name]
-        assert len(g) == len(seeds.split()), f"experiments.csv has {len(g)} rows of {name} at 20 minutes, the table says seeds {seeds}"
-        bpd = '-' if g.val_bpd.isna().all() else f"{g.val_bpd.mean():.2f}"
-        acc = f"{g.accuracy.mean():.2f}" + (f" ({g.accuracy.min():.2f}-{g.accuracy.max():.2f})" if len(g) > 1 else '')
-        sa = g.dropna(subset=['sample_accuracy']) if 'sample_accuracy' in g else g.iloc[:0]
-        sample = '-' if sa.empty else f"{sa.sample_accuracy.mean():.2f} ({sa.judge_accuracy.mean():.2f})" + (f", seed {' '.join(map(str, sa.seed))}" if len(sa) < len(g) else '')
-        lines.append(f"| {what} | {len(g)} | {bpd} | {acc} | {sample} | `python nbs/experiments.py {name} --minutes 20 --seeds {seeds}` |")
+    "The README's results: every row of report.csv, a line per setting over its seeds"
+    r, names = report_rows(), load_script('report').ROWS
+    assert r.minutes.nunique() == 1 and r.machine.nunique() == 1 and r.n_report.nunique() == 1, "report.csv mixes budgets, machines or report splits"
+    cpu = r.machine.iloc[0].split(',')[0] + f", {r.cpu_capability.iloc[0]}" + (', bfloat16 units' if r.cpu_bf16_fast.iloc[0] else '')
+    lines = [f"Each run: {r.minutes.iloc[0]:g} minutes on {cpu}, 2 cores, one run at a time; accuracy on the report split's {r.n_report.iloc[0]} images.",
+             '', '| setting | seeds | steps | val bits/dim | report accuracy | sample accuracy (judge, diversity) | command |', '|---|---|---|---|---|---|---|']
+    for row, g in r.groupby('row', sort=False):
+        bpd = '-' if g.val_bpd.isna().all() else spread(g.val_bpd)
+        sa = g.dropna(subset=['sample_accuracy'])
+        sample = '-' if sa.empty else f"{spread(sa.sample_accuracy)} ({sa.judge_accuracy.mean():.2f}, {sa.diversity.mean():.2f})"
+        command = f"python nbs/report.py --rows {row} --seeds {' '.join(map(str, g.seed))}"        # trains and scores the row again
+        lines.append(f"| {names[row][0]} | {len(g)} | {spread(g.steps, ',.0f')} | {bpd} | {spread(g.report_accuracy)} | {sample} | `{command}` |")
     return '\n'.join(lines)
+
+def results_words():
+    "The paragraph under the results table, every figure in it from report.csv"
+    r = report_rows()
+    m = r.groupby('row').mean(numeric_only=True)
+    d, p, h, c = (m.loc[k] for k in ('defaults', 'plain', 'hybrid', 'cnn'))
+    assert d.val_bpd > h.val_bpd > p.val_bpd and d.report_accuracy > p.report_accuracy and h.report_accuracy > p.report_accuracy, \
+        "the words under the results table no longer fit report.csv: rewrite results_words()"
+    judge = spread(r.judge_accuracy.dropna())
+    return (f"The defaults add the cross-entropy of lesson 07 from the first step. Against plain likelihood training they trade "
+            f"{d.val_bpd - p.val_bpd:.2f} bits/dim ({d.val_bpd:.2f} against {p.val_bpd:.2f}) for {100 * (d.report_accuracy - p.report_accuracy):.0f} "
+            f"points of accuracy ({d.report_accuracy:.2f} against {p.report_accuracy:.2f}). Starting the cross-entropy half-way, as the hybrid "
+            f"recipe does, gives back {d.val_bpd - h.val_bpd:.2f} bits/dim at {h.report_accuracy:.2f} accuracy: start it half-way when the "
+            f"model's bits/dim and samples matter as well as its labels. A small CNN trained only to classify reaches {c.report_accuracy:.2f}. "
+            f"Sample accuracy is the share of a run's samples that the judge, a small CNN trained on the run's training images, assigns "
+            f"to their class. Read it against the judge's own accuracy on real held-out images ({judge}) and the samples' diversity "
+            f"(their mean pairwise distance over the real images'; 1: as varied): samples more typical of their class than photos, with a "
+            f"diversity below 1, can score above the judge's own accuracy without looking right to a person.")
 
 def quickstart_table():
     "The default run's figures over its measured runs (appendix 15 writes results/quickstart.csv)"
@@ -264,11 +299,12 @@ def quickstart_table():
                       f"| mean (range) | {cell('wall_minutes', '.1f')} | {cell('val_bpd')} | {cell('val_accuracy')} | {cell('sample_accuracy')} | {cell('judge_accuracy')} | {cell('diversity')} |"])
 
 TEMPLATE = NBS / 'index.ipynb'
-MARK = re.compile(r'(<!-- (course|results|quickstart) table -->\n)(?:[^<]*?\n)?(<!-- end -->)', re.S)
+MARK = re.compile(r'(<!-- (course table|results table|results words|quickstart table) -->\n)(?:[^<]*?\n)?(<!-- end -->)', re.S)
 
 def fill(md):
     "index markdown with its generated tables rewritten"
-    tables = dict(course='| lesson | module | minutes | + library details |\n|---|---|---|---|\n' + course_table(), results=results_table(), quickstart=quickstart_table())
+    tables = {'course table': '| lesson | module | minutes | + library details |\n|---|---|---|---|\n' + course_table(),
+              'results table': results_table(), 'results words': results_words(), 'quickstart table': quickstart_table()}
     return MARK.sub(lambda m: m.group(1) + tables[m.group(2)] + '\n' + m.group(3), md)
 
 def index_markdown():
@@ -304,23 +340,17 @@ def test_readme_length():
     n = len(text.split())
     assert n <= MAX_README_WORDS, f"README.md has {n} words (at most {MAX_README_WORDS})"
 
-def load_experiments():
-    "The script nbs/experiments.py, imported as a module"
-    spec = importlib.util.spec_from_file_location('experiments', NBS / 'experiments.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 COURSE_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[course]" && jupyter lab nbs/00_masks.ipynb'
 SETUP_COMMANDS = ['python3 -m venv .venv && . .venv/bin/activate && pip install -e . && cpixelcnn_train',   # install, run the default job
                   'pip install -e ".[dev]" && pytest -n 2']                                               # the tests
 
 def test_readme_commands_exist():
     """README's shell blocks are the course command (take the course in JupyterLab) and exactly two set-up commands, each of
-    which works on a fresh machine from a clone; every experiment it quotes is one `python nbs/experiments.py` knows"""
-    experiments = load_experiments().EXPERIMENTS
+    which works on a fresh machine from a clone; every experiment and result row it quotes is one the scripts know"""
+    experiments, rows = load_script('experiments').EXPERIMENTS, load_script('report').ROWS
     text = (ROOT / 'README.md').read_text()
     for name in re.findall(r'python nbs/experiments\.py (\S+)', text): assert name in experiments, name
+    for name in re.findall(r'python nbs/report\.py --rows (\S+)', text): assert name in rows, name
     assert 'cpixelcnn.experiments' not in text
     blocks = [b.strip() for b in re.findall(r'```sh\n(.*?)```', text, re.S) if 'pip install' in b]
     assert blocks == [COURSE_COMMAND] + SETUP_COMMANDS, blocks
@@ -329,6 +359,17 @@ def test_readme_commands_exist():
     assert (ROOT / lesson).is_file() and lesson.name == LESSONS[0].name, f"the course command opens {lesson}, not the first lesson"
     assert not re.search(r'pip install cpixelcnn\b', text), "cpixelcnn is not on PyPI: `pip install cpixelcnn` fails"
     assert 'pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu' in text
+
+def test_readme_python_runs(tmp_path):
+    """README's Python blocks run as a user pastes them, one after the other, in an empty folder, with one change: a training
+    budget of 3 seconds where README says minutes. The callback's CSV gets a row"""
+    code = '\n'.join(re.findall(r'```python\n(.*?)```', (ROOT / 'README.md').read_text(), re.S))
+    assert 'predict(' in code and 'Callback' in code, "README lost its Python examples"
+    fast, n = re.subn(r'minutes=\d+(\.\d+)?', 'minutes=0.05', code)
+    assert n >= 1, "README's Python examples name no training budget"
+    check = "\nimport csv; rows = list(csv.reader(open('rows.csv'))); assert rows and float(rows[-1][1]) > 0, rows"
+    r = subprocess.run([sys.executable, '-c', fast + check], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"README's Python examples failed:\n{r.stderr[-3000:]}"
 
 def test_readme_links_are_absolute():
     "Every link and image of README.md is absolute, and each one into the project names a notebook or file that exists"
