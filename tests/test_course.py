@@ -260,11 +260,11 @@ def results_table():
     assert r.minutes.nunique() == 1 and r.machine.nunique() == 1 and r.n_report.nunique() == 1, "report.csv mixes budgets, machines or report splits"
     cpu = r.machine.iloc[0].split(',')[0] + f", {r.cpu_capability.iloc[0]}" + (', bfloat16 units' if r.cpu_bf16_fast.iloc[0] else '')
     lines = [f"Each run: {r.minutes.iloc[0]:g} minutes on {cpu}, 2 cores, one run at a time; accuracy on the report split's {r.n_report.iloc[0]} images.",
-             '', '| setting | seeds | steps | val bits/dim | report accuracy | sample accuracy (judge, diversity) | command |', '|---|---|---|---|---|---|---|']
+             '', '| setting | seeds | steps | val bits/dim | report accuracy | sample accuracy; judge accuracy, diversity | command |', '|---|---|---|---|---|---|---|']
     for row, g in r.groupby('row', sort=False):
         bpd = '-' if g.val_bpd.isna().all() else spread(g.val_bpd)
         sa = g.dropna(subset=['sample_accuracy'])
-        sample = '-' if sa.empty else f"{spread(sa.sample_accuracy)} ({sa.judge_accuracy.mean():.2f}, {sa.diversity.mean():.2f})"
+        sample = '-' if sa.empty else f"{spread(sa.sample_accuracy)}; judge {sa.judge_accuracy.mean():.2f}, diversity {sa.diversity.mean():.2f}"
         command = f"python nbs/report.py --rows {row} --seeds {' '.join(map(str, g.seed))}"        # trains and scores the row again
         lines.append(f"| {names[row][0]} | {len(g)} | {spread(g.steps, ',.0f')} | {bpd} | {spread(g.report_accuracy)} | {sample} | `{command}` |")
     return '\n'.join(lines)
@@ -283,7 +283,7 @@ def results_words():
             f"recipe does, gives back {d.val_bpd - h.val_bpd:.2f} bits/dim at {h.report_accuracy:.2f} accuracy: start it half-way when the "
             f"model's bits/dim and samples matter as well as its labels. A small CNN trained only to classify reaches {c.report_accuracy:.2f}. "
             f"Sample accuracy is the share of a run's samples that the judge, a small CNN trained on the run's training images, assigns "
-            f"to their class. Read it against the judge's own accuracy on real held-out images ({judge}) and the samples' diversity "
+            f"to their class. Read it against the judge's own accuracy on real held-out images, {judge}, and the samples' diversity "
             f"(their mean pairwise distance over the real images'; 1: as varied): samples more typical of their class than photos, with a "
             f"diversity below 1, can score above the judge's own accuracy without looking right to a person.")
 
@@ -299,7 +299,7 @@ def quickstart_table():
                       f"| mean (range) | {cell('wall_minutes', '.1f')} | {cell('val_bpd')} | {cell('val_accuracy')} | {cell('sample_accuracy')} | {cell('judge_accuracy')} | {cell('diversity')} |"])
 
 TEMPLATE = NBS / 'index.ipynb'
-MARK = re.compile(r'(<!-- (course table|results table|results words|quickstart table) -->\n)(?:[^<]*?\n)?(<!-- end -->)', re.S)
+MARK = re.compile(r'(<!-- (course table|results table|results words|quickstart table) -->\n)(?:.*?\n)?(<!-- end -->)', re.S)
 
 def fill(md):
     "index markdown with its generated tables rewritten"
