@@ -6,7 +6,7 @@ one test per notebook, cell by cell as Jupyter's Run All does, in the notebook's
   parser) mark as not for a test run: cells flagged with one of settings.ini's `tst_flags` (`#| slow`: long runs, kept with
   their saved outputs) and `#| eval: false` cells. `CPIXELCNN_TEST_FLAGS=slow` runs the slow cells too, and the tests marked
   `@pytest.mark.slow`.
-One more test builds the docs' notebooks the way the docs site does (`nbdev_proc_nbs`)."""
+One more test builds the docs' notebooks the way the docs site does: nbdev's `proc_nbs`, the step `nbdev_proc_nbs` runs before Quarto."""
 import os, subprocess, sys
 from pathlib import Path
 import pytest
@@ -79,7 +79,7 @@ class DocsItem(pytest.Item):
         if r.returncode or 'Traceback' in r.stderr:
             raise NotebookError(f'proc_nbs failed (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
         missing = [p.name for p in (ROOT / 'nbs').glob('[0-9]*.ipynb') if not (ROOT / '_proc' / p.name).exists()]
-        if missing: raise NotebookError(f'nbdev_proc_nbs did not write {missing} to _proc/')
+        if missing: raise NotebookError(f'proc_nbs did not write {missing} to _proc/')
     def repr_failure(self, excinfo):
         return str(excinfo.value) if excinfo.errisinstance(NotebookError) else super().repr_failure(excinfo)
     def reportinfo(self): return self.path, 0, 'docs: nbdev_proc_nbs'
