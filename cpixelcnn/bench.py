@@ -7,8 +7,9 @@ __all__ = ['BENCH_EXAMPLES', 'sync_device', 'matmul_gflops', 'flops', 'conv_shar
            'benchmark_classification', 'peak_rss_mib', 'machine_info', 'run', 'main']
 
 # %% ../nbs/12_bench.ipynb #cb008cd0
-import os, platform, sys, time, typing
+import os, platform, re, sys, time, typing
 from contextlib import contextmanager
+from pathlib import Path
 from statistics import median
 
 import torch, torch.nn as nn
@@ -183,10 +184,12 @@ def benchmark_classification(model_or_config:nn.Module|dict|None=None, # a Condi
 # %% ../nbs/12_bench.ipynb #aa14c8dc
 def peak_rss_mib() -> float:
     "Peak resident memory of this process so far, in MiB (nan where the OS does not report it)"
+    try: return int(re.search(r'VmHWM:\s*(\d+) kB', Path('/proc/self/status').read_text()).group(1)) / 1024
+    except (OSError, AttributeError): pass                            # not Linux: ru_maxrss, which keeps the parent's peak across exec
     try: import resource                                              # POSIX only
     except ImportError: return float('nan')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == 'darwin' else peak / 1024   # macOS reports bytes, Linux KiB
+    return peak / 2**20 if sys.platform == 'darwin' else peak / 1024   # macOS reports bytes, other systems KiB
 
 def machine_info() -> str:
     "Where a measurement ran, in one line: CPU (or its architecture), cores, torch threads, GPU, torch version"
