@@ -185,7 +185,7 @@ def benchmark_classification(model_or_config:nn.Module|dict|None=None, # a Condi
 def peak_rss_mib() -> float:
     "Peak resident memory of this process so far, in MiB (nan where the OS does not report it)"
     try: return int(re.search(r'VmHWM:\s*(\d+) kB', Path('/proc/self/status').read_text()).group(1)) / 1024
-    except (OSError, AttributeError): pass                            # not Linux: ru_maxrss, which keeps the parent's peak across exec
+    except (OSError, AttributeError): pass                            # no /proc (not Linux): the OS's ru_maxrss below
     try: import resource                                              # POSIX only
     except ImportError: return float('nan')
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

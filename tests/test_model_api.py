@@ -213,7 +213,7 @@ before, cfg = peak(), json.loads((d / 'config.json').read_text())
 for edit in (dict(nr_filters=3000), dict(image_size=4096), dict(nr_resnet=10**6), dict(nr_filters=3000, nr_resnet=40)):
     (d / 'config.json').write_text(json.dumps({**cfg, **edit}))
     try: from_pretrained(d); print('loaded', edit); sys.exit(1)
-    except ValueError as e: pass
+    except ValueError: pass
 print(before, peak())
 """
 
